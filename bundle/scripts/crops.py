@@ -1,0 +1,159 @@
+"""Nasal bone crops: the pre-processing step between the detector and every later stage.
+
+Each image is cropped to its nasal bone box (the detector's box, squared, or the landmark box when
+the config says so) and resampled to ``size x size``. Crops are cached once per (box source, size)
+as 16-bit PNGs with their fracture masks and a ``crops.csv``; the classifier and G-D-C stages read
+that cache. ``paste_back`` maps anything computed on a crop onto the original image's pixel grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import map_coordinates
+
+from .boxes import DEFAULT_MARGIN, landmark_box, squarify
+from .dataset import landmarks
+from .imageio import load_xray, save_xray
+from .splits import SPLITS, split_records
+
+logger = logging.getLogger(__name__)
+CROP_COLUMNS = ("image", "mask", "label", "patient_id", "split", "source_image", "x1", "y1", "x2", "y2", "box_source")
+
+
+def crop_box(image: np.ndarray, box, size: int, order: int = 1) -> np.ndarray:
+    """Resample the ``box`` region of a ``(rows, cols)`` image to ``(size, size)``; outside the image is 0."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    t = (np.arange(size) + 0.5) / size
+    xs = x1 - 0.5 + t * (x2 - x1)
+    ys = y1 - 0.5 + t * (y2 - y1)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return map_coordinates(image, [yy, xx], order=order, mode="constant", cval=0.0).astype(np.float32)
+
+
+def paste_back(crop_map: np.ndarray, box, shape, order: int = 1) -> np.ndarray:
+    """Map a ``(size, size)`` array computed on a crop back onto an image of ``shape``; 0 outside the box."""
+    size = crop_map.shape[-1]
+    h, w = shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    out = np.zeros((h, w), dtype=np.float32)
+    c0, c1 = max(0, int(np.floor(x1))), min(w, int(np.ceil(x2)) + 1)
+    r0, r1 = max(0, int(np.floor(y1))), min(h, int(np.ceil(y2)) + 1)
+    if c1 <= c0 or r1 <= r0:
+        return out
+    cols = (np.arange(c0, c1) + 0.5 - x1) * size / (x2 - x1) - 0.5
+    rows = (np.arange(r0, r1) + 0.5 - y1) * size / (y2 - y1) - 0.5
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    inside = (rr >= -0.5) & (rr <= size - 0.5) & (cc >= -0.5) & (cc <= size - 0.5)
+    vals = map_coordinates(crop_map.astype(np.float32), [rr, cc], order=order, mode="nearest")
+    out[r0:r1, c0:c1] = np.where(inside, vals, 0.0)
+    return out
+
+
+def _boxes_from_landmarks(records: list[dict], margin: float) -> dict[str, tuple[np.ndarray, float]]:
+    return {r["id"]: (landmark_box(*landmarks(r), margin=margin), 1.0) for r in records}
+
+
+def _boxes_from_detector(records: list[dict], detector) -> dict[str, tuple[np.ndarray | None, float]]:
+    out = {}
+    for r in records:
+        box, conf = detector.predict(load_xray(r["image"]))
+        out[r["id"]] = (None if box is None else squarify(box), float(conf))
+    return out
+
+
+def ensure_crops(
+    dataset_dir: str,
+    split_file: str,
+    out_dir: str,
+    size: int,
+    source: str = "detector",
+    detector_weights: str | None = None,
+    margin: float = DEFAULT_MARGIN,
+    fallback_to_landmarks: bool = False,
+    detector_kwargs: dict | None = None,
+) -> Path:
+    """Build (or reuse) the crop cache of every split; return the path of its ``crops.csv``.
+
+    ``source`` is ``"detector"`` (boxes from the trained detector at ``detector_weights``) or
+    ``"landmarks"`` (ground-truth landmark boxes). With ``source="detector"`` and no weights, the
+    landmark boxes are used only if ``fallback_to_landmarks`` is true; otherwise it is an error.
+    Images where the detector finds nothing fall back to their landmark box and are counted in
+    ``crops.json``, which records the box source actually used.
+    """
+    out = Path(out_dir)
+    csv_path = out / "crops.csv"
+    if csv_path.is_file():
+        return csv_path
+    if source not in ("detector", "landmarks"):
+        raise ValueError(f"crop source must be 'detector' or 'landmarks', got '{source}'")
+    if source == "detector" and not (detector_weights and Path(detector_weights).is_file()):
+        if not fallback_to_landmarks:
+            raise FileNotFoundError(
+                f"detector weights not found at {detector_weights}: train the detector first, or set "
+                "crop_source to 'landmarks' (or crop_fallback_to_landmarks to true) to crop on landmark boxes"
+            )
+        logger.warning("detector weights %s missing: cropping on landmark boxes instead", detector_weights)
+        source = "landmarks"
+    detector = None
+    if source == "detector":
+        from .detector import NasalBoneDetector
+
+        detector = NasalBoneDetector(detector_weights, **(detector_kwargs or {}))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rows, missed = [], 0
+    for split in SPLITS:
+        records = split_records(dataset_dir, split_file, split)
+        gt = _boxes_from_landmarks(records, margin)
+        boxes = gt if detector is None else _boxes_from_detector(records, detector)
+        for r in records:
+            box, _ = boxes[r["id"]]
+            used = source
+            if box is None:
+                box, used, missed = gt[r["id"]][0], "landmarks", missed + 1
+            stem = Path(r["id"]).name.split(".")[0]
+            img_path = save_xray(out / "images" / stem, crop_box(load_xray(r["image"]), box, size), "png16")
+            mask_rel = ""
+            if r["fracture_mask"]:
+                mask = np.asarray(Image.open(r["fracture_mask"]).convert("L"), dtype=np.float32) / 255.0
+                crop_mask = (crop_box(mask, box, size) >= 0.5).astype(np.uint8) * 255
+                Image.fromarray(crop_mask).save(out / "masks" / f"{stem}.png")
+                mask_rel = f"masks/{stem}.png"
+            rows.append(
+                dict(zip(CROP_COLUMNS, (img_path.relative_to(out).as_posix(), mask_rel, r["label"], r["patient_id"],
+                                        split, r["id"], *np.round(box, 2), used), strict=True))
+            )
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CROP_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    info = {"box_source": source, "size": size, "margin": margin, "images": len(rows), "detector_misses": missed}
+    (out / "crops.json").write_text(json.dumps(info, indent=2))
+    logger.info("wrote %d crops (%s boxes, %d detector misses) to %s", len(rows), source, missed, out)
+    return csv_path
+
+
+def crop_records(crops_csv: str | Path, split: str, label: int | None = None) -> list[dict]:
+    """Data dicts (``image``, ``mask``, ``label``, ``patient_id``, ``box``...) of one split of the crop cache."""
+    root = Path(crops_csv).parent
+    out = []
+    with open(crops_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] != split or (label is not None and int(row["label"]) != label):
+                continue
+            out.append({
+                "image": str(root / row["image"]),
+                "mask": str(root / row["mask"]) if row["mask"] else "",
+                "label": int(row["label"]),
+                "patient_id": row["patient_id"],
+                "source_image": row["source_image"],
+                "box": [float(row[k]) for k in ("x1", "y1", "x2", "y2")],
+                "box_source": row["box_source"],
+            })
+    return out
