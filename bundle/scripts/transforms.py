@@ -18,6 +18,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
@@ -93,7 +94,8 @@ class LandmarksToPointsd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         nx, ny, tx, ty = (float(d[k]) for k in LANDMARK_KEYS)
-        d[self.points_key] = torch.tensor([[[ny, nx], [ty, tx]]], dtype=torch.float64)
+        points = torch.tensor([[[ny, nx], [ty, tx]]], dtype=torch.float64)
+        d[self.points_key] = MetaTensor(points, affine=torch.eye(3, dtype=torch.float64))  # 2D: 3x3 affine
         return d
 
 

@@ -1,0 +1,47 @@
+"""The landmark box convention, and crops that map back onto the original image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scripts.boxes import box_iou, contains, landmark_box, squarify
+from scripts.crops import crop_box, paste_back
+
+
+def test_landmark_box_is_square_contains_both_points_with_margin() -> None:
+    nasion, tip = (100.0, 80.0), (140.0, 150.0)
+    box = landmark_box(nasion, tip, margin=0.3)
+    assert np.isclose(box[2] - box[0], box[3] - box[1])
+    assert np.isclose(box[3] - box[1], 70 * 1.6)
+    assert contains(box, [nasion, tip])
+    assert np.allclose((box[:2] + box[2:]) / 2, (120, 115))
+    assert not contains(landmark_box(nasion, tip, margin=-0.2), [nasion, tip])
+
+
+def test_squarify_and_iou() -> None:
+    assert np.allclose(squarify([0, 0, 10, 4]), [0, -3, 10, 7])
+    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert np.isclose(box_iou([0, 0, 10, 10], [5, 0, 15, 10]), 1 / 3)
+    assert box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+
+
+def test_crop_then_paste_back_lands_on_the_same_pixels_in_a_non_square_image() -> None:
+    h, w = 300, 420
+    img = np.zeros((h, w), np.float32)
+    img[150:156, 250:258] = 1.0  # a feature at rows 150-155, cols 250-257
+    box = [200.0, 110.0, 300.0, 210.0]  # 100 px square, resampled to 64 px
+    crop = crop_box(img, box, 64)
+    ys, xs = np.nonzero(crop > 0.5)
+    # the feature's centre (x=253.5, y=152.5) at crop scale 64/100 relative to the box corner
+    assert abs(xs.mean() - (253.5 - 200 + 0.5) * 0.64 + 0.5) < 1.0 and abs(ys.mean() - (152.5 - 110 + 0.5) * 0.64 + 0.5) < 1.0
+    back = paste_back(crop, box, (h, w))
+    assert back.shape == (h, w)
+    ys, xs = np.nonzero(back > 0.5)
+    assert abs(xs.mean() - 253.5) < 1.0 and abs(ys.mean() - 152.5) < 1.0
+    assert back[:, :190].max() == 0 and back[:100].max() == 0  # nothing outside the box
+
+
+def test_crop_outside_image_is_zero_padded() -> None:
+    img = np.ones((50, 50), np.float32)
+    crop = crop_box(img, [-50, -50, 50, 50], 20)
+    assert crop[:5, :5].max() == 0 and crop[-5:, -5:].min() > 0.99

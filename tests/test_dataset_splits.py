@@ -1,0 +1,76 @@
+"""The data contract and the patient-grouped split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts.dataset import COLUMNS, DatasetError, read_dataset, write_dataset_csv
+from scripts.imageio import save_xray
+from scripts.splits import assign_splits, ensure_split, read_split, split_records
+
+
+def _records(n_patients: int, fracture_every: int = 3) -> list[dict]:
+    recs = []
+    for p in range(n_patients):
+        for v in range(2):
+            recs.append({"id": f"P{p:04d}_{v}.png", "patient_id": f"P{p:04d}", "label": int(p % fracture_every == 0)})
+    return recs
+
+
+def _write_folder(root: Path, n_patients: int = 10) -> None:
+    rows = []
+    root.mkdir(parents=True, exist_ok=True)
+    for rec in _records(n_patients):
+        img = np.random.default_rng(len(rows)).random((32, 32)).astype(np.float32)
+        path = save_xray(root / rec["id"], img, "png8")
+        rows.append({"image": path.name, "patient_id": rec["patient_id"], "label": rec["label"], "nasion_x": 10,
+                     "nasion_y": 10, "tip_x": 20, "tip_y": 22, "fracture_mask": ""})
+    write_dataset_csv(root, rows)
+
+
+def test_split_is_patient_disjoint_stratified_and_deterministic() -> None:
+    recs = _records(200)
+    a = assign_splits(recs, (0.8, 0.1, 0.1), seed=1)
+    assert a == assign_splits(recs, (0.8, 0.1, 0.1), seed=1)
+    assert a != assign_splits(recs, (0.8, 0.1, 0.1), seed=2)
+    # each patient has exactly one split, so its two images can never be separated
+    per_image = Counter(a[r["patient_id"]] for r in recs)
+    assert abs(per_image["train"] / len(recs) - 0.8) < 0.02 and abs(per_image["test"] / len(recs) - 0.1) < 0.02
+    for split in ("train", "val", "test"):
+        labels = [r["label"] for r in recs if a[r["patient_id"]] == split]
+        assert abs(np.mean(labels) - np.mean([r["label"] for r in recs])) < 0.05
+
+
+def test_split_file_written_once_and_read_back(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "d", n_patients=20)
+    split_file = ensure_split(tmp_path / "d", tmp_path / "split.csv")
+    mapping = read_split(split_file)
+    assert len(mapping) == 40
+    by_split = {s: split_records(tmp_path / "d", split_file, s) for s in ("train", "val", "test")}
+    patients = {s: {r["patient_id"] for r in recs} for s, recs in by_split.items()}
+    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or patients["val"] & patients["test"])
+    assert sum(len(v) for v in by_split.values()) == 40
+    split_file.write_text(split_file.read_text().replace(",train", ",val", 1))  # a hand-edited split is respected
+    assert ensure_split(tmp_path / "d", split_file) == split_file and read_split(split_file) != mapping
+
+
+def test_contract_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="dataset.csv: not found"):
+        read_dataset(tmp_path)
+    (tmp_path / "dataset.csv").write_text("image,label\na.png,1\n")
+    with pytest.raises(DatasetError, match="missing column"):
+        read_dataset(tmp_path)
+    header = ",".join(COLUMNS)
+    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,2,1,1,2,2,\n")
+    with pytest.raises(DatasetError, match="line 2: label must be 0 or 1"):
+        read_dataset(tmp_path)
+    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,1,x,1,2,2,\n")
+    with pytest.raises(DatasetError, match="nasion_x: 'x' is not a number"):
+        read_dataset(tmp_path)
+    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,1,1,1,2,2,\n")
+    with pytest.raises(DatasetError, match="do not exist"):
+        read_dataset(tmp_path)
