@@ -33,7 +33,10 @@ def test_crop_then_paste_back_lands_on_the_same_pixels_in_a_non_square_image() -
     crop = crop_box(img, box, 64)
     ys, xs = np.nonzero(crop > 0.5)
     # the feature's centre (x=253.5, y=152.5) at crop scale 64/100 relative to the box corner
-    assert abs(xs.mean() - (253.5 - 200 + 0.5) * 0.64 + 0.5) < 1.0 and abs(ys.mean() - (152.5 - 110 + 0.5) * 0.64 + 0.5) < 1.0
+    assert (
+        abs(xs.mean() - (253.5 - 200 + 0.5) * 0.64 + 0.5) < 1.0
+        and abs(ys.mean() - (152.5 - 110 + 0.5) * 0.64 + 0.5) < 1.0
+    )
     back = paste_back(crop, box, (h, w))
     assert back.shape == (h, w)
     ys, xs = np.nonzero(back > 0.5)

@@ -14,7 +14,9 @@ def test_verify_metadata_offline() -> None:
     meta = BUNDLE_ROOT / "configs" / "metadata.json"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "metadata is verified with no error" in result.stdout + result.stderr

@@ -27,8 +27,18 @@ def _write_folder(root: Path, n_patients: int = 10) -> None:
     for rec in _records(n_patients):
         img = np.random.default_rng(len(rows)).random((32, 32)).astype(np.float32)
         path = save_xray(root / rec["id"], img, "png8")
-        rows.append({"image": path.name, "patient_id": rec["patient_id"], "label": rec["label"], "nasion_x": 10,
-                     "nasion_y": 10, "tip_x": 20, "tip_y": 22, "fracture_mask": ""})
+        rows.append(
+            {
+                "image": path.name,
+                "patient_id": rec["patient_id"],
+                "label": rec["label"],
+                "nasion_x": 10,
+                "nasion_y": 10,
+                "tip_x": 20,
+                "tip_y": 22,
+                "fracture_mask": "",
+            }
+        )
     write_dataset_csv(root, rows)
 
 
@@ -52,7 +62,11 @@ def test_split_file_written_once_and_read_back(tmp_path: Path) -> None:
     assert len(mapping) == 40
     by_split = {s: split_records(tmp_path / "d", split_file, s) for s in ("train", "val", "test")}
     patients = {s: {r["patient_id"] for r in recs} for s, recs in by_split.items()}
-    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or patients["val"] & patients["test"])
+    assert not (
+        patients["train"] & patients["val"]
+        or patients["train"] & patients["test"]
+        or patients["val"] & patients["test"]
+    )
     assert sum(len(v) for v in by_split.values()) == 40
     split_file.write_text(split_file.read_text().replace(",train", ",val", 1))  # a hand-edited split is respected
     assert ensure_split(tmp_path / "d", split_file) == split_file and read_split(split_file) != mapping

@@ -18,7 +18,7 @@ from scripts.imageio import KINDS, XrayReader, XrayReadError, load_xray, save_xr
 def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
     """A non-square test image whose value encodes position: row and column can be told apart."""
     yy, xx = np.mgrid[0:h, 0:w]
-    return ((0.7 * xx / (w - 1) + 0.3 * yy / (h - 1))).astype(np.float32)
+    return (0.7 * xx / (w - 1) + 0.3 * yy / (h - 1)).astype(np.float32)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -56,8 +56,17 @@ def test_nifti_axis_convention(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm",
-     "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_jpeg.dcm"],
+    [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "JPEG2000.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "SC_rgb_jpeg.dcm",
+    ],
 )
 def test_real_dicom_files_from_pydicom(name: str) -> None:
     path = get_testdata_file(name)
@@ -69,8 +78,13 @@ def test_real_dicom_files_from_pydicom(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name,problem",
-    [("rtplan.dcm", "no pixel data"), ("no_meta.dcm", "no pixel data"), ("JPEGLSNearLossless_16.dcm", "too small"), ("MR_truncated.dcm", "cannot decode"),
-     ("SC_rgb_rle_2frame.dcm", "multi-frame")],
+    [
+        ("rtplan.dcm", "no pixel data"),
+        ("no_meta.dcm", "no pixel data"),
+        ("JPEGLSNearLossless_16.dcm", "too small"),
+        ("MR_truncated.dcm", "cannot decode"),
+        ("SC_rgb_rle_2frame.dcm", "multi-frame"),
+    ],
 )
 def test_bad_real_dicom_names_file_and_problem(name: str, problem: str) -> None:
     path = get_testdata_file(name)

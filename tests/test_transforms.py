@@ -19,16 +19,31 @@ def _spot_image(points: list[tuple[int, int]], size: int = 96) -> MetaTensor:
 
 def test_landmarks_and_mask_follow_flip_rotation_translation_zoom() -> None:
     nasion, tip = (30, 25), (60, 70)
-    data = {"image": _spot_image([nasion]), "mask": _spot_image([tip]),
-            "nasion_x": nasion[0], "nasion_y": nasion[1], "tip_x": tip[0], "tip_y": tip[1]}
-    aug = Compose([
-        LandmarksToPointsd(),
-        RandFlipd(["image", "mask"], prob=1.0, spatial_axis=1),
-        RandAffined(["image", "mask"], prob=1.0, rotate_range=0.9, translate_range=(10, 10), scale_range=(0.05, 0.05),
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
-        ApplyTransformToPointsd("points", refer_keys="image", dtype=torch.float64),
-        PointsToLandmarksd(),
-    ])
+    data = {
+        "image": _spot_image([nasion]),
+        "mask": _spot_image([tip]),
+        "nasion_x": nasion[0],
+        "nasion_y": nasion[1],
+        "tip_x": tip[0],
+        "tip_y": tip[1],
+    }
+    aug = Compose(
+        [
+            LandmarksToPointsd(),
+            RandFlipd(["image", "mask"], prob=1.0, spatial_axis=1),
+            RandAffined(
+                ["image", "mask"],
+                prob=1.0,
+                rotate_range=0.9,
+                translate_range=(10, 10),
+                scale_range=(0.05, 0.05),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            ApplyTransformToPointsd("points", refer_keys="image", dtype=torch.float64),
+            PointsToLandmarksd(),
+        ]
+    )
     for seed in range(5):
         aug.set_random_state(seed)
         out = aug(dict(data))

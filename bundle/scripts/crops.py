@@ -126,8 +126,22 @@ def ensure_crops(
                 Image.fromarray(crop_mask).save(out / "masks" / f"{stem}.png")
                 mask_rel = f"masks/{stem}.png"
             rows.append(
-                dict(zip(CROP_COLUMNS, (img_path.relative_to(out).as_posix(), mask_rel, r["label"], r["patient_id"],
-                                        split, r["id"], *np.round(box, 2), used), strict=True))
+                dict(
+                    zip(
+                        CROP_COLUMNS,
+                        (
+                            img_path.relative_to(out).as_posix(),
+                            mask_rel,
+                            r["label"],
+                            r["patient_id"],
+                            split,
+                            r["id"],
+                            *np.round(box, 2),
+                            used,
+                        ),
+                        strict=True,
+                    )
+                )
             )
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CROP_COLUMNS)
@@ -147,13 +161,15 @@ def crop_records(crops_csv: str | Path, split: str, label: int | None = None) ->
         for row in csv.DictReader(f):
             if row["split"] != split or (label is not None and int(row["label"]) != label):
                 continue
-            out.append({
-                "image": str(root / row["image"]),
-                "mask": str(root / row["mask"]) if row["mask"] else "",
-                "label": int(row["label"]),
-                "patient_id": row["patient_id"],
-                "source_image": row["source_image"],
-                "box": [float(row[k]) for k in ("x1", "y1", "x2", "y2")],
-                "box_source": row["box_source"],
-            })
+            out.append(
+                {
+                    "image": str(root / row["image"]),
+                    "mask": str(root / row["mask"]) if row["mask"] else "",
+                    "label": int(row["label"]),
+                    "patient_id": row["patient_id"],
+                    "source_image": row["source_image"],
+                    "box": [float(row[k]) for k in ("x1", "y1", "x2", "y2")],
+                    "box_source": row["box_source"],
+                }
+            )
     return out

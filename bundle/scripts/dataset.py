@@ -46,7 +46,9 @@ def read_dataset(dataset_dir: str | Path, require_landmarks: bool = True, check_
     root = Path(dataset_dir)
     csv_path = root / CSV_NAME
     if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: not found (a dataset folder needs a {CSV_NAME}; see the README's data contract)")
+        raise DatasetError(
+            f"{csv_path}: not found (a dataset folder needs a {CSV_NAME}; see the README's data contract)"
+        )
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]

@@ -13,8 +13,9 @@ header field into the metadata, so patient names and IDs never reach logs or out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from monai.data import ImageReader

@@ -72,6 +72,8 @@ def split_records(dataset_dir: str | Path, split_file: str | Path, split: str, f
     records = read_dataset(dataset_dir)
     unknown = [r["id"] for r in records if r["id"] not in mapping]
     if unknown:
-        raise ValueError(f"{split_file}: {len(unknown)} image(s) of the dataset are not in the split, e.g. {unknown[0]}; "
-                         "delete the split file to rebuild it")
+        raise ValueError(
+            f"{split_file}: {len(unknown)} image(s) of the dataset are not in the split, e.g. {unknown[0]}; "
+            "delete the split file to rebuild it"
+        )
     return [r for r in records if mapping[r["id"]] == split]

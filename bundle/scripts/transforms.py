@@ -61,8 +61,15 @@ class RandSaltPepper(RandomizableTransform):
 class RandSaltPepperd(RandomizableTransform, MapTransform):
     """Dictionary version of ``RandSaltPepper``; the same pixels are hit in every key."""
 
-    def __init__(self, keys: KeysCollection, prob: float = 0.5, amount: float = 0.05, low=None, high=None,
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        amount: float = 0.05,
+        low=None,
+        high=None,
+        allow_missing_keys: bool = False,
+    ):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         self.noise = RandSaltPepper(prob=1.0, amount=amount, low=low, high=high)
