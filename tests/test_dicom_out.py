@@ -1,0 +1,223 @@
+"""DICOM outputs: SC of the overlay and TID 1500 SR, with and without a DICOM source, patient identity rules."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+from scripts.dicom_out import (
+    DETECTOR_CONFIDENCE,
+    NASAL_BONE_DETECTED,
+    NASAL_BONE_FRACTURE,
+    largest_region_outline,
+    write_dicom_outputs,
+)
+
+ROWS, COLS = 64, 48
+BOX = [3.5, 4.0, 30.0, 50.0]
+
+
+def _source() -> Dataset:
+    """A DX MONOCHROME2 16-bit image with patient identity, as a file-format dataset."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "DOE^JANE"
+    ds.PatientID = "12345"
+    ds.PatientBirthDate = "19800101"
+    ds.PatientSex = "F"
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101010"
+    ds.AccessionNumber = "ACC1"
+    ds.StudyID = "S1"
+    ds.Modality = "DX"
+    ds.Manufacturer = "ACME"
+    ds.InstitutionName = "General Hospital"
+    ds.Rows, ds.Columns = ROWS, COLS
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.random.default_rng(0).integers(0, 4096, (ROWS, COLS), dtype=np.uint16).tobytes()
+    return ds
+
+
+def _overlay() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (ROWS, COLS, 3), dtype=np.uint8)
+
+
+def _result(box: list[float] | None = BOX) -> dict:
+    mask = np.zeros((ROWS, COLS), bool)
+    mask[10:20, 5:15] = True  # largest region
+    mask[40:42, 40:42] = True  # smaller region, ignored
+    return {
+        "nasal_bone_box": box,
+        "detector_confidence": 0.91,
+        "fracture_probability": 0.73,
+        "fracture": True,
+        "threshold": 0.42,
+        "region_mask": mask,
+    }
+
+
+def _read(paths: dict[str, Path]) -> tuple[hd.Image, hd.sr.ComprehensiveSR]:
+    """Read back with highdicom (SCImage has no from_dataset in 0.28; hd.imread is the generic image reader)."""
+    assert paths["secondary_capture"].is_file() and paths["structured_report"].is_file()
+    sc = hd.imread(paths["secondary_capture"])
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    sr = hd.sr.srread(paths["structured_report"])
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    return sc, sr
+
+
+def _values(group) -> dict[str, float]:
+    return {m.name.meaning: m.value for m in group.get_measurements()}
+
+
+def _evaluations(group) -> dict:
+    return {q.name: q.value for q in group.get_qualitative_evaluations()}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_with_dicom_source(tmp_path: Path, keep: bool) -> None:
+    source = _source()
+    src_file = tmp_path / "input.dcm"
+    source.save_as(src_file, enforce_file_format=True)
+    source = pydicom.dcmread(src_file, stop_before_pixels=True)
+    before_ds, before_bytes = copy.deepcopy(source), src_file.read_bytes()
+    overlay = _overlay()
+
+    paths = write_dicom_outputs(
+        overlay,
+        _result(),
+        tmp_path / "out",
+        "case001",
+        source=source,
+        keep_patient_identity=keep,
+        model_version="9.9.9",
+    )
+    assert paths["secondary_capture"].name == "case001_sc.dcm"
+    assert paths["structured_report"].name == "case001_sr.dcm"
+    sc, sr = _read(paths)
+
+    assert source == before_ds and src_file.read_bytes() == before_bytes
+    np.testing.assert_array_equal(sc.pixel_array, overlay)
+    assert sc.PhotometricInterpretation == "RGB" and sc.BitsAllocated == 8 and sc.BurnedInAnnotation == "YES"
+    assert sc.SoftwareVersions == "9.9.9" and "research use only" in sc.SeriesDescription
+    for ds in (sc, sr):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert ds.AccessionNumber == "ACC1" and ds.StudyDate == "20240102"
+        if keep:
+            assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate) == ("DOE^JANE", "12345", "19800101")
+        else:
+            assert str(ds.PatientName) != "DOE^JANE" and ds.PatientID != "12345"
+            assert not ds.PatientBirthDate and not ds.PatientSex
+    assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
+    if not keep:  # identity strings appear nowhere in either file (e.g. through sequences)
+        for path in paths.values():
+            raw = path.read_bytes()
+            assert b"DOE^JANE" not in raw and b"General Hospital" not in raw
+            values = {str(elem.value) for elem in pydicom.dcmread(path).iterall() if elem.VR in ("PN", "LO", "SH")}
+            assert "12345" not in values  # (a byte search could hit a random UID)
+
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == {sc.SOPInstanceUID, source.SOPInstanceUID}
+
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 2
+    box_group = sr.content.get_planar_roi_measurement_groups(finding_type=codes.SCT.NasalBone)[0]
+    assert box_group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    np.testing.assert_allclose(box_group.roi.value, [[3.5, 4], [30, 4], [30, 50], [3.5, 50], [3.5, 4]])
+    assert box_group.roi.ContentSequence[0].referenced_sop_instance_uid == sc.SOPInstanceUID
+    values = _values(box_group)
+    assert values["Probability"] == pytest.approx(0.73)
+    assert values["Threshold Value"] == pytest.approx(0.42)
+    assert values[DETECTOR_CONFIDENCE.meaning] == pytest.approx(0.91)
+    evaluations = _evaluations(box_group)
+    assert evaluations[NASAL_BONE_FRACTURE] == codes.SCT.Present
+    assert evaluations[NASAL_BONE_DETECTED] == codes.SCT.Yes
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99NASAL"
+
+    region_group = sr.content.get_planar_roi_measurement_groups(finding_type=NASAL_BONE_FRACTURE)[0]
+    outline = region_group.roi.value
+    np.testing.assert_allclose(outline[0], outline[-1])  # closed
+    assert outline[:, 0].min() == pytest.approx(5, abs=0.5) and outline[:, 0].max() == pytest.approx(15, abs=0.5)
+    assert outline[:, 1].min() == pytest.approx(10, abs=0.5) and outline[:, 1].max() == pytest.approx(20, abs=0.5)
+
+
+def test_without_source_new_study(tmp_path: Path) -> None:
+    overlay = _overlay()
+    result = _result()
+    result["fracture"], result["fracture_probability"] = False, 0.1
+    result["region_mask"] = np.zeros((ROWS, COLS), bool)
+    paths = write_dicom_outputs(overlay, result, tmp_path, "png_case")
+    sc, sr = _read(paths)
+    np.testing.assert_array_equal(sc.pixel_array, overlay)
+    assert sc.StudyInstanceUID == sr.StudyInstanceUID
+    assert sc.PatientID == sr.PatientID == "ANON"
+    other = write_dicom_outputs(overlay, result, tmp_path / "again", "png_case")
+    assert pydicom.dcmread(other["secondary_capture"]).StudyInstanceUID != sc.StudyInstanceUID  # a new study each time
+
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 1  # empty region mask: no fracture-region ROI
+    np.testing.assert_allclose(groups[0].roi.value[[0, 2]], [[3.5, 4], [30, 50]])
+    assert _values(groups[0])["Probability"] == pytest.approx(0.1)
+    assert _evaluations(groups[0])[NASAL_BONE_FRACTURE] == codes.SCT.Absent
+
+
+def test_no_box_still_writes_report(tmp_path: Path) -> None:
+    source = _source()
+    before = copy.deepcopy(source)
+    result = _result(box=None)
+    result["fracture_probability"], result["fracture"] = None, False
+    paths = write_dicom_outputs(_overlay(), result, tmp_path, "nobox", source=source)
+    sc, sr = _read(paths)
+    assert source == before
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == 1
+    evaluations = _evaluations(groups[0])
+    assert evaluations[NASAL_BONE_DETECTED] == codes.SCT.No
+    assert evaluations[NASAL_BONE_FRACTURE] == codes.DCM.PresenceUndetermined
+    assert "Probability" not in _values(groups[0])
+
+
+def test_rejects_bad_overlay_and_source_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_dicom_outputs(np.zeros((8, 8), np.uint8), _result(), tmp_path, "x")
+    with pytest.raises(TypeError):
+        write_dicom_outputs(np.zeros((8, 8, 3), np.float32), _result(), tmp_path, "x")
+    src_file = tmp_path / "x_sc.dcm"
+    _source().save_as(src_file, enforce_file_format=True)
+    before = src_file.read_bytes()
+    with pytest.raises(ValueError):
+        write_dicom_outputs(_overlay(), _result(), tmp_path, "x", source=pydicom.dcmread(src_file))
+    assert src_file.read_bytes() == before
+
+
+def test_largest_region_outline_touching_border() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0:4, 0:3] = True
+    outline = largest_region_outline(mask)
+    np.testing.assert_allclose(outline[0], outline[-1])
+    assert outline.min() >= 0 and outline[:, 0].max() <= 3 and outline[:, 1].max() <= 4
+    assert largest_region_outline(np.zeros((4, 4), bool)) is None
