@@ -1,0 +1,223 @@
+"""Fracture classifier C: MONAI ``EfficientNetBN`` behind a small wrapper that every later stage reuses.
+
+``FractureClassifier`` takes crops ``(B, 1, H, W)`` in ``[0, 1]`` and returns one fracture logit per
+crop ``(B, 1)``. It owns the input convention (``"rgb"``: the gray channel replicated to 3, as in the
+thesis; ``"gray"``: a 1-channel stem) and the intensity normalisation ``(x - mean) / std``, so a
+caller never needs to know how C was trained.
+
+The map the G-D-C stages call M(X), "the output of C's last convolutional layer", is ``features(x)``:
+the head block of EfficientNet, ``swish(_bn1(_conv_head(x)))``, the last feature map before global
+pooling, ``(B, C, H/32, W/32)`` with C = 1280 (b0) or 1536 (b3). It is computed by the module named
+``target_layer`` (``"head_act"``), the same layer ``gradcam`` hooks. (EfficientNet's own ``_swish``
+module is shared by the stem and the head, so it cannot be hooked; ``head_act`` is the head's own.)
+
+Checkpoints (``save_classifier``/``load_classifier``) hold the constructor arguments, the
+``state_dict``, the operating ``threshold`` chosen on the validation split and an ``info`` dict
+(crop size, box source, validation figures); they load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+from monai.networks.nets import EfficientNetBN
+from monai.visualize import GradCAM
+from torch import nn
+
+logger = logging.getLogger(__name__)
+INPUT_MODES = ("rgb", "gray")
+CHECKPOINT_FORMAT = "nasal-fracture-classifier/1"
+
+
+class FractureClassifier(nn.Module):
+    """EfficientNetBN with one fracture logit, a fixed input convention and an exposed last feature map.
+
+    Args:
+        model_name: ``"efficientnet-b0"`` ... ``"efficientnet-b7"``.
+        in_channels_mode: ``"rgb"`` (1 channel replicated to 3) or ``"gray"`` (1-channel stem).
+        mean, std: input normalisation applied to the ``[0, 1]`` crop, ``(x - mean) / std``.
+        bn_momentum, bn_eps: BatchNorm settings (PyTorch convention: ``momentum`` is the weight of the new batch;
+            MONAI's default 0.01 is TensorFlow's 0.99 and lags far behind the weights in short trainings).
+    """
+
+    target_layer = "head_act"
+
+    def __init__(
+        self,
+        model_name: str = "efficientnet-b0",
+        in_channels_mode: str = "rgb",
+        mean: float = 0.0,
+        std: float = 1.0,
+        bn_momentum: float = 0.01,
+        bn_eps: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if in_channels_mode not in INPUT_MODES:
+            raise ValueError(f"in_channels_mode must be one of {INPUT_MODES}, got '{in_channels_mode}'")
+        if std <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.config = {"model_name": model_name, "in_channels_mode": in_channels_mode, "mean": float(mean),
+                       "std": float(std), "bn_momentum": float(bn_momentum), "bn_eps": float(bn_eps)}
+        self.in_channels = 3 if in_channels_mode == "rgb" else 1
+        self.net = EfficientNetBN(
+            model_name, pretrained=False, progress=False, spatial_dims=2, in_channels=self.in_channels, num_classes=1,
+            norm=("batch", {"eps": bn_eps, "momentum": bn_momentum}),
+        )
+        # The head's own activation (EfficientNet's ``_swish`` also serves the stem): hookable, parameter-free.
+        self.head_act = copy.deepcopy(self.net._swish)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` in [0, 1] -> the network's normalised input ``(B, 1 or 3, H, W)``."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected crops of shape (B, 1, H, W), got {tuple(x.shape)}")
+        x = (x.float() - self.config["mean"]) / self.config["std"]
+        return x.expand(-1, self.in_channels, -1, -1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, ``swish(_bn1(_conv_head(...)))`` before pooling: ``(B, C, H/32, W/32)``."""
+        n = self.net
+        h = n._swish(n._bn0(n._conv_stem(n._conv_stem_padding(self.prepare(x)))))
+        h = n._blocks(h)
+        h = n._bn1(n._conv_head(n._conv_head_padding(h)))
+        return self.head_act(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fracture logits ``(B, 1)`` (sigmoid gives the probability)."""
+        n = self.net
+        h = n._avg_pooling(self.features(x)).flatten(1)
+        return n._fc(n._dropout(h))
+
+    def gradcam(self, x: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM of the fracture logit at ``target_layer``, upsampled to ``(B, 1, H, W)``, each map scaled to [0, 1].
+
+        Uses ``monai.visualize.GradCAM``; the model is put in eval mode for the call and restored after.
+        A map that is zero everywhere (no positive evidence) stays zero.
+        """
+        layer = dict(self.named_modules())[self.target_layer]
+        before = set(layer._forward_hooks) | set(layer._backward_hooks)
+        try:
+            cam = GradCAM(nn_module=self, target_layers=self.target_layer, postprocessing=_scale01)
+            with torch.enable_grad():
+                out = cam(x.float().detach().requires_grad_(True), class_idx=0)
+        finally:  # GradCAM hooks the layer on every construction: remove its hooks, keep anyone else's
+            for hooks in (layer._forward_hooks, layer._backward_hooks):
+                for key in set(hooks) - before:
+                    del hooks[key]
+        return out.detach()
+
+
+def _scale01(x: torch.Tensor) -> torch.Tensor:
+    """Scale each map of a batch to [0, 1] (max -> 1); an all-zero map stays zero."""
+    flat = x.flatten(1)
+    lo = flat.min(1, keepdim=True).values
+    hi = flat.max(1, keepdim=True).values
+    span = hi - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (flat - lo) / safe, torch.zeros_like(flat)).view_as(x)
+
+
+def save_classifier(path: str | Path, model: FractureClassifier, threshold: float, info: dict | None = None) -> Path:
+    """Write a self-describing checkpoint: constructor args, ``state_dict``, ``threshold`` and ``info``.
+
+    ``info`` should say at least ``crop_size`` and ``box_source``; values must be plain Python types.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"format": CHECKPOINT_FORMAT, "config": dict(model.config), "state_dict": state,
+            "threshold": float(threshold), "info": dict(info or {})}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureClassifier, dict]:
+    """Rebuild C from ``save_classifier``'s file; return ``(model.eval(), info)`` with ``info["threshold"]`` set."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a classifier checkpoint written by save_classifier")
+    model = FractureClassifier(**ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    info = dict(ckpt.get("info", {}))
+    info["threshold"] = float(ckpt["threshold"])
+    info["config"] = dict(ckpt["config"])
+    return model.to(device).eval(), info
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader, device: str | torch.device) -> dict[str, list]:
+    """Fracture probabilities of every batch of ``loader`` (dicts with ``image``, ``label``, ``patient_id``)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, list] = {"prob": [], "label": [], "patient_id": []}
+    for batch in loader:
+        prob = torch.sigmoid(model(batch["image"].to(device))).flatten().cpu()
+        out["prob"] += prob.tolist()
+        out["label"] += [int(v) for v in torch.as_tensor(batch["label"]).flatten().tolist()]
+        out["patient_id"] += list(batch["patient_id"])
+    model.train(was_training)
+    return out
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The resumption checkpoint with the highest epoch in ``ckpt_dir`` (``checkpoint_epoch=N.pt``), or None."""
+    found = []
+    for p in Path(ckpt_dir).glob("checkpoint_epoch=*.pt"):
+        try:
+            found.append((int(p.stem.split("=")[-1]), p))
+        except ValueError:
+            continue
+    return str(max(found)[1]) if found else None
+
+
+def crops_info(crops_csv: str | Path) -> dict:
+    """What ``crops.json`` beside ``crops_csv`` records: box source actually used, crop size, margin..."""
+    path = Path(crops_csv).parent / "crops.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _state_dict_from(path: str | Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["network"] if isinstance(ckpt, dict) and "network" in ckpt else ckpt
+
+
+def export_classifier(
+    network: FractureClassifier,
+    best_path: str | Path,
+    val_loader,
+    out_path: str | Path,
+    crops_csv: str | Path,
+    device: str | torch.device,
+    rule: str = "youden",
+    target_sensitivity: float | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Load the best weights (if saved), choose the threshold on the validation split, write ``classifier.pt``."""
+    from .evaluation import choose_threshold
+
+    if Path(best_path).is_file():
+        network.load_state_dict(_state_dict_from(best_path))
+    else:
+        logger.warning("%s not found: exporting the last weights", best_path)
+    val = predict_loader(network, val_loader, device)
+    threshold, figures = choose_threshold(val["label"], val["prob"], rule, target_sensitivity)
+    crops = crops_info(crops_csv)
+    info = {
+        "crop_size": int(crops.get("size", 0)) or None,
+        "box_source": crops.get("box_source", "unknown"),
+        "box_margin": crops.get("margin"),
+        "threshold_rule": rule,
+        "target_sensitivity": target_sensitivity,
+        "validation": {k: v for k, v in figures.items() if k not in ("rule", "target_sensitivity")},
+        "n_validation_images": len(val["label"]),
+        **(extra or {}),
+    }
+    path = save_classifier(out_path, network, threshold, info)
+    logger.info("classifier: threshold %.4f (%s on %d validation crops: sensitivity %.3f, specificity %.3f) -> %s",
+                threshold, rule, len(val["label"]), figures["sensitivity"], figures["specificity"], path)
+    return path

@@ -1,0 +1,290 @@
+"""Honest evaluation of a binary score: operating threshold, patient-level bootstrap CIs, calibration, figures.
+
+Generic: any stage that turns images into a fracture score (classifier C, the G-D-C maps, a baseline)
+evaluates through ``evaluate_binary``. Conventions:
+
+- ``y`` is 0/1 (1 = fracture), ``score`` a probability in [0, 1]; an image is called positive when
+  ``score >= threshold``.
+- The threshold is chosen on the validation split only (``choose_threshold``) and applied unchanged
+  to the test split. Rule ``"youden"``: maximise Youden's J = sensitivity + specificity - 1 over the
+  midpoints between consecutive distinct validation scores; ties go to the lower threshold. Rule
+  ``"sensitivity"``: the highest such threshold whose validation sensitivity is at least ``target``.
+- Confidence intervals come from a patient-level bootstrap: each resample draws patients with
+  replacement (as many as there are) and takes all of their images, so the two views of one patient
+  never count as independent evidence. 95% percentile intervals, ``n_resamples=2000``, seeded.
+- Calibration: reliability diagram over equal-width probability bins, Brier score and expected
+  calibration error (ECE, bin-weighted mean |observed rate - mean predicted|).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+logger = logging.getLogger(__name__)
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics on one set
+# ----------------------------------------------------------------------------------------------
+
+
+def roc_auc(y: Sequence[int], score: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN if only one class is present."""
+    y = np.asarray(y).astype(bool)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def confusion(y: Sequence[int], score: Sequence[float], threshold: float) -> dict[str, int]:
+    """Counts ``tp, fn, tn, fp`` of ``score >= threshold`` against ``y``."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(score, dtype=np.float64) >= threshold
+    return {"tp": int((pred & y).sum()), "fn": int((~pred & y).sum()),
+            "tn": int((~pred & ~y).sum()), "fp": int((pred & ~y).sum())}
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def binary_metrics(y: Sequence[int], score: Sequence[float], threshold: float) -> dict[str, float]:
+    """ROC AUC, accuracy, sensitivity, specificity (at ``threshold``) and the Brier score."""
+    c = confusion(y, score, threshold)
+    n = sum(c.values())
+    y_arr, s_arr = np.asarray(y, dtype=np.float64), np.asarray(score, dtype=np.float64)
+    return {
+        "roc_auc": roc_auc(y, score),
+        "accuracy": _ratio(c["tp"] + c["tn"], n),
+        "sensitivity": _ratio(c["tp"], c["tp"] + c["fn"]),
+        "specificity": _ratio(c["tn"], c["tn"] + c["fp"]),
+        "brier": float(np.mean((s_arr - y_arr) ** 2)) if n else float("nan"),
+    }
+
+
+def confusion_sentence(counts: dict[str, int], positive: str = "fractures", negative: str = "normals") -> str:
+    """The thesis's form: ``"75 of 84 fractures, 81 of 84 normals called correctly"``."""
+    return (f"{counts['tp']} of {counts['tp'] + counts['fn']} {positive}, "
+            f"{counts['tn']} of {counts['tn'] + counts['fp']} {negative} called correctly")
+
+
+# ----------------------------------------------------------------------------------------------
+# Threshold (validation split only)
+# ----------------------------------------------------------------------------------------------
+
+
+def candidate_thresholds(score: Sequence[float]) -> np.ndarray:
+    """Midpoints between consecutive distinct scores, plus one below the lowest and one above the highest."""
+    s = np.unique(np.asarray(score, dtype=np.float64))
+    if s.size == 0:
+        return np.array([0.5])
+    mids = (s[:-1] + s[1:]) / 2
+    return np.concatenate([[s[0] - 1e-6], mids, [s[-1] + 1e-6]])
+
+
+def choose_threshold(y: Sequence[int], score: Sequence[float], rule: str = "youden",
+                     target_sensitivity: float | None = None) -> tuple[float, dict]:
+    """Pick the operating threshold on validation data; return ``(threshold, figures at it)``.
+
+    ``rule="youden"``: maximise sensitivity + specificity - 1, ties to the lower threshold.
+    ``rule="sensitivity"``: the highest threshold with sensitivity >= ``target_sensitivity``.
+    """
+    y = np.asarray(y).astype(int)
+    if y.min() == y.max():
+        raise ValueError("choosing a threshold needs both classes in the validation labels")
+    thresholds = candidate_thresholds(score)
+    stats = [binary_metrics(y, score, t) for t in thresholds]
+    sens = np.array([m["sensitivity"] for m in stats])
+    spec = np.array([m["specificity"] for m in stats])
+    if rule == "youden":
+        j = sens + spec - 1
+        i = int(np.flatnonzero(j >= j.max() - 1e-12)[0])  # thresholds ascend: the first is the lowest
+    elif rule == "sensitivity":
+        if target_sensitivity is None or not 0 < target_sensitivity <= 1:
+            raise ValueError(f"rule 'sensitivity' needs target_sensitivity in (0, 1], got {target_sensitivity}")
+        ok = np.flatnonzero(sens >= target_sensitivity - 1e-12)
+        i = int(ok[-1])  # the highest threshold that still reaches the target: the best specificity
+    else:
+        raise ValueError(f"threshold rule must be 'youden' or 'sensitivity', got '{rule}'")
+    t = float(thresholds[i])
+    info = {"rule": rule, "target_sensitivity": target_sensitivity, "threshold": t,
+            "youden_j": float(sens[i] + spec[i] - 1), **binary_metrics(y, score, t), **confusion(y, score, t)}
+    return t, info
+
+
+# ----------------------------------------------------------------------------------------------
+# Patient-level bootstrap
+# ----------------------------------------------------------------------------------------------
+
+
+def patient_bootstrap_indices(patient_ids: Sequence, n_resamples: int = 2000, seed: int = 0):
+    """Yield ``n_resamples`` index arrays: patients drawn with replacement, each bringing all of its images."""
+    ids = np.asarray([str(p) for p in patient_ids])
+    patients, inverse = np.unique(ids, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(patients))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(patients), size=len(patients))
+        yield np.concatenate([members[k] for k in drawn])
+
+
+def bootstrap_ci(y: Sequence[int], score: Sequence[float], patient_ids: Sequence, threshold: float,
+                 n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+    """Point value and percentile CI of every ``binary_metrics`` figure, resampling patients.
+
+    Resamples where a figure is undefined (e.g. no fracture drawn) are left out of that figure's
+    interval and counted in ``n_undefined``.
+    """
+    y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
+    point = binary_metrics(y_arr, s_arr, threshold)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for idx in patient_bootstrap_indices(patient_ids, n_resamples, seed):
+        for k, v in binary_metrics(y_arr[idx], s_arr[idx], threshold).items():
+            draws[k].append(v)
+    alpha = (1 - level) / 2
+    out = {}
+    for k, v in draws.items():
+        vals = np.asarray(v, dtype=np.float64)
+        finite = vals[np.isfinite(vals)]
+        lo, hi = (np.quantile(finite, [alpha, 1 - alpha]) if finite.size else (np.nan, np.nan))
+        out[k] = {"value": point[k], "ci_low": float(lo), "ci_high": float(hi),
+                  "n_undefined": int(vals.size - finite.size)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration and figures
+# ----------------------------------------------------------------------------------------------
+
+
+def calibration(y: Sequence[int], score: Sequence[float], n_bins: int = 10) -> dict:
+    """Reliability table over ``n_bins`` equal-width bins, Brier score and ECE."""
+    y_arr, s_arr = np.asarray(y, dtype=np.float64), np.clip(np.asarray(score, dtype=np.float64), 0, 1)
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(s_arr, edges[1:-1]), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        sel = which == b
+        n = int(sel.sum())
+        mean_pred = float(s_arr[sel].mean()) if n else float("nan")
+        rate = float(y_arr[sel].mean()) if n else float("nan")
+        if n:
+            ece += n / len(s_arr) * abs(rate - mean_pred)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n,
+                     "mean_predicted": mean_pred, "observed_rate": rate})
+    return {"brier": float(np.mean((s_arr - y_arr) ** 2)), "ece": float(ece), "n_bins": n_bins, "bins": bins}
+
+
+def roc_curve(y: Sequence[int], score: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates over every threshold (descending), starting at (0, 0)."""
+    y = np.asarray(y).astype(bool)
+    thresholds = np.concatenate([[np.inf], np.unique(np.asarray(score, dtype=np.float64))[::-1]])
+    s = np.asarray(score, dtype=np.float64)
+    tpr = np.array([(s[y] >= t).mean() for t in thresholds])
+    fpr = np.array([(s[~y] >= t).mean() for t in thresholds])
+    return fpr, tpr, thresholds
+
+
+def plot_roc(path: str | Path, y, score, threshold: float, ci: dict | None = None, title: str = "ROC") -> Path:
+    """ROC curve PNG with the AUC (and CI) in the legend and the operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(y, score)
+    m = binary_metrics(y, score, threshold)
+    auc_txt = f"AUC {m['roc_auc']:.3f}"
+    if ci and "roc_auc" in ci:
+        auc_txt += f" (95% CI {ci['roc_auc']['ci_low']:.3f}-{ci['roc_auc']['ci_high']:.3f})"
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+    ax.step(fpr, tpr, where="post", lw=2, label=auc_txt)
+    ax.plot(1 - m["specificity"], m["sensitivity"], "o", color="C3",
+            label=f"threshold {threshold:.3f}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = "Calibration") -> Path:
+    """Reliability diagram (observed fracture rate per bin vs mean predicted) over a histogram of scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = calibration(y, score, n_bins)
+    bins = [b for b in cal["bins"] if b["count"]]
+    fig, (ax, ax_h) = plt.subplots(2, 1, figsize=(4.5, 5.5), dpi=120, sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="perfect calibration")
+    ax.plot([b["mean_predicted"] for b in bins], [b["observed_rate"] for b in bins], "o-", color="C0",
+            label=f"Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}")
+    for b in bins:
+        ax.annotate(str(b["count"]), (b["mean_predicted"], b["observed_rate"]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=6, color="0.3")
+    ax.set(ylabel="observed fracture rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
+    ax.legend(loc="upper left", fontsize=7)
+    y_arr, s_arr = np.asarray(y).astype(bool), np.asarray(score, dtype=np.float64)
+    edges = np.linspace(0, 1, n_bins + 1)
+    ax_h.hist([s_arr[~y_arr], s_arr[y_arr]], bins=edges, stacked=True, color=["C2", "C3"],
+              label=["normal", "fracture"])
+    ax_h.set(xlabel="predicted fracture probability", ylabel="images")
+    ax_h.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything at once
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Sequence, threshold: float,
+                    out_dir: str | Path, name: str = "evaluation", n_resamples: int = 2000, seed: int = 0,
+                    n_bins: int = 10, extra: dict | None = None, title: str = "") -> dict:
+    """Metrics with patient-bootstrap CIs, confusion, calibration, ROC and calibration PNGs; writes ``<name>.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
+    counts = confusion(y_arr, s_arr, threshold)
+    ci = bootstrap_ci(y_arr, s_arr, patient_ids, threshold, n_resamples, seed)
+    cal = calibration(y_arr, s_arr, n_bins)
+    roc_png = plot_roc(out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip())
+    cal_png = plot_calibration(out / f"{name}_calibration.png", y_arr, s_arr, n_bins,
+                               title=f"{title} calibration".strip())
+    result = {
+        **(extra or {}),
+        "threshold": float(threshold),
+        "n_images": int(y_arr.size),
+        "n_patients": int(len(set(map(str, patient_ids)))),
+        "n_fractures": int(y_arr.sum()),
+        "n_normals": int((1 - y_arr).sum()),
+        "metrics": ci,
+        "confusion": counts,
+        "confusion_text": confusion_sentence(counts),
+        "calibration": cal,
+        "bootstrap": {"unit": "patient", "n_resamples": n_resamples, "seed": seed, "level": 0.95,
+                      "interval": "percentile"},
+        "figures": {"roc": roc_png.name, "calibration": cal_png.name},
+    }
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    logger.info("%s: AUC %.3f, accuracy %.3f; %s", name, ci["roc_auc"]["value"], ci["accuracy"]["value"],
+                result["confusion_text"])
+    return result

@@ -1,0 +1,352 @@
+"""Measured fracture localisation: G-D-C step 1 and step 2 against Grad-CAM and occlusion sensitivity.
+
+Every method gives a map in [0, 1] per crop (maximum = 1) and a binary region at a threshold chosen on the
+VALIDATION split's fracture crops (maximum mean Dice with the ground-truth masks; ``masks.choose_threshold``):
+
+- ``gdc1``: |G1(X) - X| of the step-1 generator, Gaussian-smoothed (``sigma``) and scaled;
+- ``gdc2``: the same for the step-2 generator (``masks.region_map``; its threshold is the one stored in gdc2.pt);
+- ``gradcam``: MONAI ``GradCAM`` of C's fracture logit at ``C.target_layer``, upsampled, scaled;
+- ``occlusion``: MONAI ``OcclusionSensitivity`` of C: the drop of the fracture probability when a patch around
+  each pixel is occluded, clipped at 0 and scaled.
+
+Metrics on the TEST split's fracture crops, against the phantom's ground-truth region masks:
+
+- pointing game: the map's maximum lies inside the true region or within ``tolerance`` pixels of it (Euclidean);
+- Dice and IoU of the binary region; energy share: sum(map * truth) / sum(map);
+- each with a 95% bootstrap interval over crops.
+
+Also C's mean fracture probability and D's mean "real" probability on the original and on the repaired
+(G2(X)) test crops. Results: ``localisation.json``, ``localisation.md`` and ``cases.png`` (8 test crops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from .masks import batched, choose_threshold, dice_iou, difference_map, load_crops, scale01
+
+logger = logging.getLogger(__name__)
+
+
+def pointing_hit(rmap: np.ndarray, truth: np.ndarray, tolerance: int = 3) -> bool:
+    """Whether the map's maximum (first in row-major order) lies within ``tolerance`` px (Euclidean) of ``truth``."""
+    if not truth.any():
+        return False
+    r, c = np.unravel_index(int(np.argmax(rmap)), rmap.shape)
+    return bool(ndimage.distance_transform_edt(~truth)[r, c] <= tolerance)
+
+
+def energy_share(rmap: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the map's total inside the true region (0 for an all-zero map)."""
+    total = float(rmap.sum())
+    return float(rmap[truth].sum()) / total if total > 0 else 0.0
+
+
+def _bootstrap_ci(values: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(n, len(values)), replace=True).mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def score_maps(
+    maps: np.ndarray, truths: np.ndarray, threshold: float, tolerance: int = 3, bootstrap: int = 1000
+) -> dict:
+    """Pointing game, Dice, IoU and energy share (means and 95% bootstrap intervals) of maps ``(N, H, W)``."""
+    per = {"pointing": [], "dice": [], "iou": [], "energy": []}
+    for m, g in zip(maps, truths, strict=True):
+        per["pointing"].append(float(pointing_hit(m, g, tolerance)))
+        d, i = dice_iou(m >= threshold, g)
+        per["dice"].append(d)
+        per["iou"].append(i)
+        per["energy"].append(energy_share(m, g))
+    out: dict = {"threshold": float(threshold)}
+    for k, v in per.items():
+        arr = np.asarray(v)
+        out[k] = float(arr.mean()) if len(arr) else float("nan")
+        out[f"{k}_ci95"] = _bootstrap_ci(arr, bootstrap)
+    return out
+
+
+def gradcam_maps(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MONAI Grad-CAM of the fracture logit at ``classifier.target_layer``: ``(B, 1, H, W)`` scaled to [0, 1]."""
+    from monai.visualize import GradCAM
+
+    layer = dict(classifier.named_modules())[classifier.target_layer]
+    before = set(layer._forward_hooks) | set(layer._backward_hooks)
+    try:
+        cam = GradCAM(nn_module=classifier, target_layers=classifier.target_layer)
+        with torch.enable_grad():
+            out = cam(x.float().detach().clone().requires_grad_(True), class_idx=0)
+    finally:  # GradCAM registers hooks on every construction: remove its own, keep anyone else's
+        for hooks in (layer._forward_hooks, layer._backward_hooks):
+            for key in set(hooks) - before:
+                del hooks[key]
+    return scale01(out.detach().float())
+
+
+def occlusion_maps(
+    classifier: nn.Module,
+    x: torch.Tensor,
+    mask_size: int = 16,
+    overlap: float = 0.5,
+    mode: str = "mean_patch",
+    n_batch: int = 64,
+) -> torch.Tensor:
+    """Drop of C's fracture probability when occluding around each pixel (MONAI), clipped at 0, scaled to [0, 1]."""
+    from monai.visualize import OcclusionSensitivity
+
+    occ = OcclusionSensitivity(
+        nn_module=classifier,
+        mask_size=mask_size,
+        n_batch=n_batch,
+        mode=mode,
+        overlap=overlap,
+        activate=True,
+        verbose=False,
+    )
+    out = []
+    with torch.no_grad():
+        probs = torch.sigmoid(classifier(x.float()))[:, 0]
+        for i in range(x.shape[0]):
+            occ_map = torch.as_tensor(occ(x[i : i + 1].float())[0])
+            if occ_map.ndim == x.ndim + 1:  # a trailing class dimension
+                occ_map = occ_map[..., 0]
+            drop = (probs[i] - occ_map).clamp_min(0)
+            out.append(drop.reshape(1, 1, *x.shape[-2:]))
+    return scale01(torch.cat(out).float())
+
+
+class Method:
+    """A named localisation method: ``maps(x)`` on a batch, and its validation threshold."""
+
+    def __init__(self, name: str, fn, threshold: float | None = None, info: dict | None = None) -> None:
+        self.name, self.fn, self.threshold, self.info = name, fn, threshold, dict(info or {})
+
+    def maps(self, x: torch.Tensor, device, batch_size: int = 16) -> np.ndarray:
+        return batched(self.fn, x, device, batch_size)[:, 0].numpy()
+
+
+def _overlay(img: np.ndarray, truth: np.ndarray | None = None, heat: np.ndarray | None = None) -> np.ndarray:
+    import matplotlib
+
+    rgb = np.repeat(np.clip(img, 0, 1)[..., None], 3, axis=2)
+    if heat is not None:
+        colour = matplotlib.colormaps["inferno"](np.clip(heat, 0, 1))[..., :3]
+        rgb = 0.45 * rgb + 0.55 * colour
+    if truth is not None and truth.any():
+        edge = truth & ~ndimage.binary_erosion(truth)
+        rgb[edge] = (0.1, 1.0, 0.2)
+    return rgb
+
+
+def case_figure(
+    path: Path,
+    images: np.ndarray,
+    truths: np.ndarray,
+    columns: dict[str, np.ndarray],
+    repaired: np.ndarray | None,
+    rows: list[int],
+) -> Path:
+    """One row per crop: input, truth, repaired (G2), then each method's map (truth outlined in green)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = ["input", "truth"] + (["repaired (G2)"] if repaired is not None else []) + list(columns)
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.6 * len(titles), 1.6 * len(rows)), squeeze=False)
+    for r, i in enumerate(rows):
+        tiles = [_overlay(images[i]), _overlay(images[i], truths[i])]
+        if repaired is not None:
+            tiles.append(_overlay(repaired[i]))
+        tiles += [_overlay(images[i], truths[i], m[i]) for m in columns.values()]
+        for c, tile in enumerate(tiles):
+            ax = axes[r, c]
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(result: dict) -> str:
+    """The methods table and the repaired-crop scores as markdown."""
+    lines = [
+        f"Test fracture crops: {result['test_crops']} (validation: {result['val_crops']}); pointing tolerance "
+        f"{result['pointing_tolerance_px']} px; 95% bootstrap intervals.",
+        "",
+        "| method | pointing game | Dice | IoU | energy in region | threshold (val) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in result["methods"].items():
+
+        def cell(k, m=m):
+            lo, hi = m[f"{k}_ci95"]
+            return f"{m[k]:.3f} [{lo:.2f}, {hi:.2f}]"
+
+        lines.append(
+            f"| {name} | {cell('pointing')} | {cell('dice')} | {cell('iou')} | {cell('energy')} | "
+            f"{m['threshold']:.2f} |"
+        )
+    lines += [
+        "",
+        "| G-D-C step 2 | C fracture prob. original | C fracture prob. repaired | D real prob. original | "
+        "D real prob. repaired | mean abs change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["repaired"].items():
+        lines.append(
+            f"| {name} | {r['c_prob_original']:.3f} | {r['c_prob_repaired']:.3f} | {r['d_prob_original']:.3f} | "
+            f"{r['d_prob_repaired']:.3f} | {r['mean_abs_change']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _generator_method(name: str, generator: nn.Module, sigma: float, threshold: float | None, info: dict) -> Method:
+    generator.eval()
+    return Method(name, lambda b: difference_map(generator, b, sigma), threshold, info)
+
+
+def evaluate(
+    crops_csv: str | Path,
+    out_dir: str | Path,
+    classifier_weights: str | Path,
+    gd_weights: str | Path,
+    gdc1_weights: str | Path,
+    gdc2_weights: str | Path,
+    device: str | torch.device = "cpu",
+    variants: dict | None = None,
+    tolerance: int = 3,
+    occlusion: dict | None = None,
+    n_cases: int = 8,
+    bootstrap: int = 1000,
+    baselines: bool = True,
+    seed: int = 0,
+    default_threshold: float = 0.5,
+) -> dict:
+    """Run every method on the validation and test fracture crops; write json, markdown table and case figure.
+
+    ``variants``: extra G-D-C runs to compare, ``{label: {"gdc1": path, "gdc2": path}}`` (e.g. the other mask
+    polarity); the main run is labelled with the polarity stored in its checkpoint.
+    """
+    from .classifier import load_classifier
+    from .crops import crop_records
+    from .masks import load_region_model
+    from .networks import freeze, load_network, load_networks
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classifier = freeze(load_classifier(classifier_weights, device)[0])
+    discriminator = freeze(load_network(gd_weights, "discriminator", device))
+    val_x, val_t = load_crops([r for r in crop_records(crops_csv, "val", label=1) if r["mask"]])
+    test_x, test_t = load_crops([r for r in crop_records(crops_csv, "test", label=1) if r["mask"]])
+    logger.info("localisation: %d validation and %d test fracture crops", len(val_x), len(test_x))
+    if len(test_x) == 0:
+        raise ValueError(f"{crops_csv}: no test fracture crop with a ground-truth mask to measure localisation on")
+
+    runs = {"": {"gdc1": gdc1_weights, "gdc2": gdc2_weights}, **(variants or {})}
+    methods: list[Method] = []
+    step2: dict[str, nn.Module] = {}
+    for label, paths in runs.items():
+        g2 = load_region_model(paths["gdc2"], device)
+        g1_nets, g1_info = load_networks(paths["gdc1"], device)
+        tag = label or g1_info.get("mask_polarity", "main")
+        methods.append(_generator_method(f"gdc1[{tag}]", g1_nets["generator"], g2.region["sigma"], None, g1_info))
+        methods.append(_generator_method(f"gdc2[{tag}]", g2, g2.region["sigma"], g2.region["threshold"], g2.region))
+        step2[f"gdc2[{tag}]"] = g2
+    if baselines:
+        occ = {"mask_size": 16, "overlap": 0.5, "mode": "mean_patch", "n_batch": 64, **(occlusion or {})}
+        methods.append(Method("gradcam", lambda b: gradcam_maps(classifier, b)))
+        methods.append(Method("occlusion", lambda b: occlusion_maps(classifier, b, **occ), info=occ))
+
+    result: dict = {
+        "test_crops": len(test_x),
+        "val_crops": len(val_x),
+        "pointing_tolerance_px": tolerance,
+        "methods": {},
+        "repaired": {},
+    }
+    test_maps: dict[str, np.ndarray] = {}
+    for method in methods:
+        if method.threshold is None and len(val_x):
+            method.threshold, method.info["val_dice"] = choose_threshold(method.maps(val_x, device), val_t)
+        elif method.threshold is None:
+            logger.warning(
+                "%s: no validation fracture crop, binary threshold set to %s", method.name, default_threshold
+            )
+            method.threshold = default_threshold
+        test_maps[method.name] = method.maps(test_x, device)
+        result["methods"][method.name] = score_maps(
+            test_maps[method.name], test_t, method.threshold, tolerance, bootstrap
+        )
+        logger.info(
+            "%s: %s",
+            method.name,
+            {k: round(v, 3) for k, v in result["methods"][method.name].items() if isinstance(v, float)},
+        )
+
+    repaired_first = None
+    for name, g2 in step2.items():
+        g2.eval()
+        repaired = batched(g2, test_x, device)
+        c_orig = batched(lambda b: torch.sigmoid(classifier(b)), test_x, device)
+        c_rep = batched(lambda b: torch.sigmoid(classifier(b)), repaired, device)
+        d_orig = batched(lambda b: torch.sigmoid(discriminator(b)), test_x, device)
+        d_rep = batched(lambda b: torch.sigmoid(discriminator(b)), repaired, device)
+        result["repaired"][name] = {
+            "c_prob_original": float(c_orig.mean()),
+            "c_prob_repaired": float(c_rep.mean()),
+            "d_prob_original": float(d_orig.mean()),
+            "d_prob_repaired": float(d_rep.mean()),
+            "mean_abs_change": float((repaired - test_x).abs().mean()),
+        }
+        if repaired_first is None:
+            repaired_first = repaired[:, 0].numpy()
+
+    (out / "localisation.json").write_text(json.dumps(result, indent=2))
+    (out / "localisation.md").write_text(markdown_table(result))
+    rows = list(np.random.default_rng(seed).choice(len(test_x), size=min(n_cases, len(test_x)), replace=False))
+    case_figure(
+        out / "cases.png", test_x[:, 0].numpy(), test_t, test_maps, repaired_first, sorted(int(r) for r in rows)
+    )
+    return result
+
+
+def log_to_mlflow(
+    result: dict, out_dir: str | Path, tracking_uri: str | None, experiment_name: str, run_name: str
+) -> None:
+    """Log every method's metrics (``<method>/<metric>``) and the table and figure as artifacts."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
+    run = client.create_run(exp_id, run_name=run_name)
+    metrics = [
+        mlflow.entities.Metric(f"{m}/{k}".replace("[", "_").replace("]", ""), float(v), 0, 0)
+        for m, vals in result["methods"].items()
+        for k, v in vals.items()
+        if isinstance(v, float)
+    ]
+    metrics += [
+        mlflow.entities.Metric(f"{m}/{k}".replace("[", "_").replace("]", ""), float(v), 0, 0)
+        for m, vals in result["repaired"].items()
+        for k, v in vals.items()
+    ]
+    client.log_batch(run.info.run_id, metrics=metrics)
+    for name in ("localisation.json", "localisation.md", "cases.png"):
+        client.log_artifact(run.info.run_id, str(Path(out_dir) / name))
+    client.set_terminated(run.info.run_id)

@@ -1,0 +1,222 @@
+"""Masks of the G-D-C stages and the fracture-region map they produce.
+
+- ``classifier_mask`` (step 1): M(X) from C's last convolutional layer (``classifier.target_layer``), upsampled
+  to the crop and min-max scaled to [0, 1] per image. ``mode="cam"`` (default) is the positive part of the
+  class-weighted map, ReLU(sum_k w_k A_k) with w_k = the mean over positions of d(fracture logit)/dA_k (for C's
+  global-average-pool + linear head these are the FC weights divided by the number of positions: the classic
+  CAM, and the same map as Grad-CAM at that layer); ``mode="channel_mean"`` is the plain mean of the layer's
+  channels (class-agnostic).
+- ``generator_mask`` (step 2): M(X) = 1 where |G1(X) - X| > threshold (0.06 in the thesis), else 0.
+- ``difference_map`` / ``region_map``: the fracture-region map of a crop, |repaired - input| smoothed with a
+  Gaussian and scaled to [0, 1] per crop (maximum = 1; a crop the generator leaves unchanged maps to 0), and its
+  binary region at the threshold chosen on the validation split (``choose_threshold``: maximum mean Dice),
+  stored in the step-2 checkpoint (``info["region"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import GaussianFilter
+from torch import nn
+
+from .networks import load_networks
+
+logger = logging.getLogger(__name__)
+MASK_MODES = ("cam", "channel_mean")
+
+
+def scale01(x: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each item of a batch to [0, 1]; a constant item becomes 0."""
+    flat = x.flatten(1)
+    lo = flat.min(1, keepdim=True).values
+    span = flat.max(1, keepdim=True).values - lo
+    out = torch.where(
+        span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat)
+    )
+    return out.view_as(x)
+
+
+def last_conv_activation(classifier: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """C's ``target_layer`` output ``A`` (B, K, h, w) and d(fracture logit)/dA, from one forward pass.
+
+    The layer's output is swapped for a detached leaf by a forward hook, so the backward pass runs only through
+    C's head (pooling and the linear layer), whatever C's ``requires_grad`` flags.
+    """
+    layer = dict(classifier.named_modules())[classifier.target_layer]
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = classifier(x.detach())
+            (grad,) = torch.autograd.grad(logits[:, 0].sum(), captured[0])
+    finally:
+        handle.remove()
+    return captured[0].detach(), grad
+
+
+def classifier_mask(x: torch.Tensor, classifier: nn.Module, mode: str = "cam") -> torch.Tensor:
+    """M(X) of G-D-C step 1: ``(B, 1, H, W)`` in [0, 1] from C's last convolutional layer (see the module doc)."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got '{mode}'")
+    act, grad = last_conv_activation(classifier, x)
+    if mode == "cam":
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * act).sum(1, keepdim=True))
+    else:
+        cam = act.mean(1, keepdim=True)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return scale01(cam)
+
+
+@torch.no_grad()
+def generator_mask(x: torch.Tensor, generator: nn.Module, threshold: float = 0.06) -> torch.Tensor:
+    """M(X) of G-D-C step 2: 1 where ``|G1(X) - X| > threshold``, else 0 (``generator`` is the step-1 G)."""
+    return (torch.abs(generator(x) - x) > threshold).to(x.dtype)
+
+
+def smooth01(diff: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing (``sigma`` pixels; 0 = none) then per-crop scaling to [0, 1] (maximum = 1)."""
+    if sigma > 0:
+        diff = GaussianFilter(spatial_dims=2, sigma=sigma).to(diff.device)(diff)
+    peak = diff.flatten(1).max(1).values.view(-1, *([1] * (diff.ndim - 1)))
+    return torch.where(peak > 0, diff / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(diff))
+
+
+@torch.no_grad()
+def difference_map(generator: nn.Module, x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """``|G(X) - X|`` smoothed and scaled to [0, 1] per crop: ``(B, 1, H, W)``."""
+    return smooth01(torch.abs(generator(x) - x), sigma)
+
+
+def dice_iou(binary: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two boolean arrays (both empty: 1, 1)."""
+    inter = float(np.logical_and(binary, truth).sum())
+    total = float(binary.sum() + truth.sum())
+    union = float(np.logical_or(binary, truth).sum())
+    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
+
+
+def choose_threshold(maps: np.ndarray, truths: np.ndarray, candidates=None) -> tuple[float, float]:
+    """The threshold on [0, 1] maps ``(N, H, W)`` that maximises the mean Dice with ``truths``; ``(t, dice)``."""
+    candidates = np.round(np.arange(0.05, 0.951, 0.05), 3) if candidates is None else np.asarray(candidates)
+    best = (float(candidates[0]), -1.0)
+    for t in candidates:
+        dice = float(np.mean([dice_iou(m >= t, g)[0] for m, g in zip(maps, truths, strict=True)]))
+        if dice > best[1]:
+            best = (float(t), dice)
+    return best
+
+
+def load_region_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The step-2 generator of ``gdc2.pt`` with its stored region settings as ``.region`` (threshold, sigma)."""
+    nets, info = load_networks(path, device)
+    generator = nets["generator"]
+    if "region" not in info:
+        raise ValueError(f"{path}: no region threshold stored (was G-D-C step 2 calibrated on validation?)")
+    generator.region = dict(info["region"])
+    return generator
+
+
+@torch.no_grad()
+def region_map(
+    gdc2_generator: nn.Module, crop_batch: torch.Tensor, threshold: float | None = None, sigma: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fracture-region map ``(B, 1, H, W)`` in [0, 1] and its binary region, for crops ``(B, 1, H, W)`` in [0, 1].
+
+    ``threshold``/``sigma`` default to those stored with the generator (``load_region_model``).
+    """
+    stored = getattr(gdc2_generator, "region", {})
+    threshold = stored["threshold"] if threshold is None else threshold
+    sigma = stored.get("sigma", 2.0) if sigma is None else sigma
+    was_training = gdc2_generator.training
+    gdc2_generator.eval()
+    try:
+        rmap = difference_map(gdc2_generator, crop_batch, sigma)
+    finally:
+        gdc2_generator.train(was_training)
+    return rmap, rmap >= threshold
+
+
+def load_crops(records: list[dict]) -> tuple[torch.Tensor, np.ndarray]:
+    """Crops ``(N, 1, H, W)`` in [0, 1] and their ground-truth masks ``(N, H, W)`` bool (all False if no mask)."""
+    from PIL import Image
+
+    from .imageio import load_xray
+
+    if not records:
+        return torch.zeros(0, 1, 0, 0), np.zeros((0, 0, 0), bool)
+    images = np.stack([load_xray(r["image"]) for r in records]).astype(np.float32)
+    truths = np.stack(
+        [
+            np.asarray(Image.open(r["mask"]).convert("L")) > 127 if r.get("mask") else np.zeros(images.shape[1:], bool)
+            for r in records
+        ]
+    )
+    return torch.from_numpy(images)[:, None], truths
+
+
+@torch.no_grad()
+def batched(fn, x: torch.Tensor, device: str | torch.device = "cpu", batch_size: int = 16) -> torch.Tensor:
+    """``fn`` over ``x`` in batches on ``device``; the result back on the CPU."""
+    return torch.cat([fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def calibrate_region(
+    generator: nn.Module,
+    val_records: list[dict],
+    sigma: float = 2.0,
+    device: str | torch.device = "cpu",
+    default_threshold: float = 0.5,
+) -> dict:
+    """Threshold of the region map chosen on validation fracture crops (maximum mean Dice with their masks).
+
+    Without any validation crop with a mask (real data has none), ``default_threshold`` is stored, with
+    ``val_crops = 0`` and ``threshold_source = "default"`` saying so.
+    """
+    records = [r for r in val_records if r.get("mask")]
+    if not records:
+        logger.warning("no validation crop with a ground-truth mask: region threshold set to %s", default_threshold)
+        return {
+            "threshold": float(default_threshold),
+            "sigma": float(sigma),
+            "val_dice": None,
+            "val_crops": 0,
+            "threshold_source": "default",
+        }
+    images, truths = load_crops(records)
+    generator.eval()
+    maps = batched(lambda b: difference_map(generator, b, sigma), images, device)[:, 0].numpy()
+    threshold, dice = choose_threshold(maps, truths)
+    return {
+        "threshold": threshold,
+        "sigma": float(sigma),
+        "val_dice": dice,
+        "val_crops": len(records),
+        "threshold_source": "validation",
+    }
+
+
+def save_region_model(
+    path: str | Path,
+    generator: nn.Module,
+    val_records: list[dict],
+    sigma: float = 2.0,
+    device: str | torch.device = "cpu",
+    info: dict | None = None,
+) -> Path:
+    """Calibrate the region threshold on validation and write the step-2 checkpoint (``info["region"]``)."""
+    from .networks import save_networks
+
+    region = calibrate_region(generator, val_records, sigma, device)
+    return save_networks(path, info={**(info or {}), "region": region}, generator=generator)

@@ -1,0 +1,146 @@
+"""The generator G and the discriminator D of the G-D and G-D-C stages, and their self-describing checkpoints.
+
+- ``Generator``: MONAI ``BasicUNet`` (2D, 1 channel in and out, skip connections: the thesis's "Skip-UNet")
+  whose output is squashed to ``[0, 1]`` by a sigmoid, like the crops it reads.
+- ``Discriminator``: a small CNN of stride-2 MONAI ``Convolution`` blocks, pooled to a fixed grid, then one
+  fully connected layer, ``features(x)`` (the thesis's D_feat, the FC layer before the output), then the
+  real/fake logit (``forward``). No batch norm and no dropout, so a frozen D gives the same answer in
+  train and eval mode; adaptive pooling makes it independent of the crop size.
+
+A checkpoint file holds, per network, ``{"config": constructor args, "state_dict": ...}`` under the network's
+name (``"generator"``, ``"discriminator"``), plus a plain ``info`` dict; ``load_networks`` rebuilds them without
+reading any config and loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+CHECKPOINT_FORMAT = "nasal-fracture-gan/1"
+
+
+class Generator(nn.Module):
+    """``BasicUNet`` + sigmoid: ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` in [0, 1] (H, W multiples of 16)."""
+
+    def __init__(
+        self, features: Sequence[int] = (32, 32, 64, 128, 256, 32), norm: str = "instance", upsample: str = "deconv"
+    ) -> None:
+        super().__init__()
+        self.config = {"features": [int(f) for f in features], "norm": norm, "upsample": upsample}
+        norm_arg = ("instance", {"affine": True}) if norm == "instance" else norm
+        self.unet = BasicUNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            features=tuple(self.config["features"]),
+            norm=norm_arg,
+            upsample=upsample,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.unet(x))
+
+
+class Discriminator(nn.Module):
+    """Stride-2 conv blocks -> adaptive average pool to ``pool x pool`` -> FC ``feature_dim`` (D_feat) -> logit."""
+
+    def __init__(self, channels: Sequence[int] = (16, 32, 64, 128), pool: int = 4, feature_dim: int = 128) -> None:
+        super().__init__()
+        self.config = {"channels": [int(c) for c in channels], "pool": int(pool), "feature_dim": int(feature_dim)}
+        layers, c_in = [], 1
+        for c in self.config["channels"]:
+            layers.append(
+                Convolution(
+                    2,
+                    c_in,
+                    c,
+                    strides=2,
+                    kernel_size=4,
+                    padding=1,
+                    act=("leakyrelu", {"negative_slope": 0.2}),
+                    norm=None,
+                )
+            )
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in * pool * pool, feature_dim), nn.LeakyReLU(0.2))
+        self.out = nn.Linear(feature_dim, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """D_feat: the FC layer's output before the real/fake output, ``(B, feature_dim)``."""
+        return self.fc(self.pool(self.convs(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Real/fake logit ``(B, 1)`` (real = 1)."""
+        return self.out(self.features(x))
+
+    def features_and_logit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both outputs from one pass."""
+        f = self.features(x)
+        return f, self.out(f)
+
+
+NETWORKS = {"generator": Generator, "discriminator": Discriminator}
+
+
+def save_networks(path: str | Path, info: dict | None = None, **networks: nn.Module) -> Path:
+    """Write ``networks`` (name -> module with a ``config``) and ``info`` (plain types) as one checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt: dict = {"format": CHECKPOINT_FORMAT, "info": dict(info or {})}
+    for name, net in networks.items():
+        if name not in NETWORKS:
+            raise ValueError(f"unknown network name '{name}', expected one of {sorted(NETWORKS)}")
+        ckpt[name] = {
+            "config": dict(net.config),
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_networks(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, nn.Module], dict]:
+    """Rebuild every network of a ``save_networks`` file (in eval mode); return ``(networks, info)``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a G/D checkpoint written by save_networks")
+    nets = {}
+    for name, cls in NETWORKS.items():
+        if name in ckpt:
+            net = cls(**ckpt[name]["config"])
+            net.load_state_dict(ckpt[name]["state_dict"])
+            nets[name] = net.to(device).eval()
+    return nets, dict(ckpt.get("info", {}))
+
+
+def load_network(path: str | Path, name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """One network (``"generator"`` or ``"discriminator"``) of a checkpoint, in eval mode."""
+    nets, _ = load_networks(path, device)
+    if name not in nets:
+        raise KeyError(f"{path} holds no '{name}' (it has {sorted(nets)})")
+    return nets[name]
+
+
+def generator_from(path: str | Path, copy_weights: bool = True) -> Generator:
+    """A generator with the architecture of the one saved at ``path``: its weights, or freshly initialised ones."""
+    src = load_network(path, "generator")
+    if copy_weights:
+        return src.train()
+    return Generator(**src.config)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` on every parameter: the frozen C and D of G-D-C."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -1,0 +1,202 @@
+"""Stage 1, the nasal bone detector: YOLO export, coordinate mapping, offline training and evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scripts.boxes import landmark_box
+from scripts.dataset import read_dataset
+from scripts.detector import DetectNasalBoned, Letterbox, NasalBoneDetector, YoloSaltPepper
+from scripts.imageio import load_xray
+from scripts.yolo_export import box_from_yolo_label, export_yolo_dataset, yolo_label
+
+CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
+FRACTIONS = [0.5, 0.25, 0.25]  # 12 patients: 6 / 3 / 3, so the tiny dataset has a validation split
+
+
+def _rectangle_image(shape, box, background=0.2):
+    """An image with a bright rectangle covering pixel columns x1..x2 and rows y1..y2 (inclusive)."""
+    img = np.full(shape, background, dtype=np.float32)
+    x1, y1, x2, y2 = box
+    img[y1:y2 + 1, x1:x2 + 1] = 1.0
+    return img
+
+
+def _pixel_box(box):
+    """The ``scripts.boxes`` box of inclusive pixel ranges: pixel edges are half a pixel out."""
+    x1, y1, x2, y2 = box
+    return np.array([x1 - 0.5, y1 - 0.5, x2 + 0.5, y2 + 0.5])
+
+
+class _BrightBoxModel:
+    """Stands in for the network: 'detects' the bright (white) pixels of the model input, in input coordinates."""
+
+    def __call__(self, x: torch.Tensor):
+        rows, cols = torch.nonzero(x[0, 0] > 0.9, as_tuple=True)
+        x1, x2 = cols.min().item(), cols.max().item() + 1.0  # Ultralytics: input pixel c spans [c, c + 1]
+        y1, y2 = rows.min().item(), rows.max().item() + 1.0
+        pred = torch.tensor([[(x1 + x2) / 2], [(y1 + y2) / 2], [x2 - x1], [y2 - y1], [0.9]])
+        return pred[None], None
+
+
+def _stub_detector(imgsz: int) -> NasalBoneDetector:
+    det = NasalBoneDetector.__new__(NasalBoneDetector)
+    det.model, det.imgsz, det.conf, det.end2end, det.margin = _BrightBoxModel(), imgsz, 0.05, False, 0.3
+    det.device = torch.device("cpu")
+    return det
+
+
+@pytest.mark.parametrize("shape", [(300, 500), (500, 300), (256, 256), (1000, 640)])
+@pytest.mark.parametrize("imgsz", [128, 320])
+def test_letterbox_maps_boxes_both_ways(shape, imgsz):
+    lb = Letterbox.fit(shape, imgsz)
+    box = np.array([0.25 * shape[1], 0.4 * shape[0], 0.5 * shape[1], 0.7 * shape[0]])
+    np.testing.assert_allclose(lb.to_original(lb.to_input(box)), box, atol=1e-9)
+    full = lb.to_input([-0.5, -0.5, shape[1] - 0.5, shape[0] - 0.5])  # the whole image lands on the resized region
+    nh, nw = lb.resized
+    np.testing.assert_allclose(full, [lb.left, lb.top, lb.left + nw, lb.top + nh], atol=1e-9)
+    assert max(nh, nw) == imgsz and lb.apply(np.zeros(shape, np.float32)).shape == (imgsz, imgsz)
+
+
+@pytest.mark.parametrize("shape,rect", [((300, 500), (300, 120, 359, 169)), ((520, 330), (40, 300, 99, 339)),
+                                        ((512, 512), (380, 260, 419, 319))])
+def test_predicted_box_maps_back_for_non_square_and_rescaled_inputs(shape, rect):
+    det = _stub_detector(imgsz=256)
+    img = _rectangle_image(shape, rect)
+    truth = _pixel_box(rect)
+    box, conf = det.predict(img)
+    tol = 1.0 / Letterbox.fit(shape, 256).sx + 0.5  # one input pixel, in original pixels
+    assert conf == pytest.approx(0.9)
+    np.testing.assert_allclose(box, truth, atol=tol)
+
+    # Rescaled 2x (every pixel becomes 2x2): the box scales with it.
+    big = np.kron(img, np.ones((2, 2), np.float32))
+    box2, _ = det.predict(big)
+    np.testing.assert_allclose(box2, _pixel_box((2 * rect[0], 2 * rect[1], 2 * rect[2] + 1, 2 * rect[3] + 1)),
+                               atol=2 * tol)
+    # Padded on the left and at the top (now non-square): the box moves by the padding.
+    padded = np.pad(img, ((37, 0), (101, 0)), constant_values=0.2)
+    box3, _ = det.predict(padded)
+    np.testing.assert_allclose(box3, truth + [101, 37, 101, 37], atol=1.0 / Letterbox.fit(padded.shape, 256).sx + 0.5)
+
+
+def test_export_writes_normalised_yolo_labels(tiny_dataset, tmp_path):
+    split_file = tmp_path / "split.csv"
+    data_yaml = Path(export_yolo_dataset(tiny_dataset, split_file, tmp_path / "yolo", 0.3, FRACTIONS, 0))
+    root = data_yaml.parent
+    text = data_yaml.read_text()
+    assert "train: images/train" in text and "val: images/val" in text and "test: images/test" in text
+    assert "0: nasal_bone" in text
+    records = {r["id"]: r for r in read_dataset(tiny_dataset)}
+    with open(split_file, newline="") as f:
+        split_of = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    assert sum(1 for _ in root.glob("labels/*/*.txt")) == len(records)
+    for rid, rec in records.items():
+        stem = os.path.splitext(rid.replace(".nii.gz", ""))[0].replace("/", "__")
+        png = root / "images" / split_of[rid] / f"{stem}.png"
+        label = root / "labels" / split_of[rid] / f"{stem}.txt"
+        original = load_xray(rec["image"])
+        with Image.open(png) as im:
+            assert im.mode == "L" and im.size == (original.shape[1], original.shape[0])
+            np.testing.assert_array_equal(np.asarray(im), np.round(original * 255).astype(np.uint8))
+        cls, *vals = label.read_text().split()
+        assert cls == "0" and all(0.0 <= float(v) <= 1.0 for v in vals)
+        h, w = original.shape
+        x1, y1, x2, y2 = landmark_box((rec["nasion_x"], rec["nasion_y"]), (rec["tip_x"], rec["tip_y"]), margin=0.3)
+        # the landmark box, clipped to the image, in Ultralytics' normalised pixel-edge coordinates
+        e = np.clip([x1 + 0.5, y1 + 0.5, x2 + 0.5, y2 + 0.5], 0, [w, h, w, h])
+        expected = [(e[0] + e[2]) / 2 / w, (e[1] + e[3]) / 2 / h, (e[2] - e[0]) / w, (e[3] - e[1]) / h]
+        np.testing.assert_allclose([float(v) for v in vals], expected, atol=2e-6)
+        np.testing.assert_allclose(box_from_yolo_label(vals, (h, w)), e - 0.5, atol=1e-3)
+
+    # Cached: a second export reuses the files; a changed split file re-exports.
+    stamp = (root / "export.json").stat().st_mtime_ns
+    export_yolo_dataset(tiny_dataset, split_file, tmp_path / "yolo", 0.3, FRACTIONS, 0)
+    assert (root / "export.json").stat().st_mtime_ns == stamp
+    lines = split_file.read_text().splitlines()
+    split_file.write_text("\n".join(lines[:1] + lines[1:][::-1]) + "\n")
+    export_yolo_dataset(tiny_dataset, split_file, tmp_path / "yolo", 0.3, FRACTIONS, 0)
+    assert (root / "export.json").stat().st_mtime_ns != stamp
+
+
+def test_yolo_label_round_trip_non_square():
+    shape = (300, 500)
+    box = np.array([100.2, 50.7, 180.9, 140.1])
+    np.testing.assert_allclose(box_from_yolo_label(yolo_label(box, shape), shape), box, atol=1e-9)
+
+
+def test_salt_pepper_hits_the_requested_fraction_of_pixels_in_every_channel():
+    gray = np.random.default_rng(0).integers(30, 220, (120, 90), dtype=np.uint8)
+    img = np.repeat(gray[..., None], 3, axis=2)
+    out = YoloSaltPepper(prob=1.0, amount=0.05, seed=1)({"img": img.copy()})["img"]
+    changed = (out != img).any(axis=2)
+    assert changed.sum() == round(0.05 * gray.size)
+    assert set(np.unique(out[changed])) == {0, 255} and (out == out[..., :1]).all()
+    assert (YoloSaltPepper(prob=0.0, seed=1)({"img": img.copy()})["img"] == img).all()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to reach the network is recorded and fails."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def test_training_and_evaluation_run_offline(tiny_dataset, tmp_path, monkeypatch, no_network):
+    from mlflow import MlflowClient
+    from monai.bundle import run
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out, models = tmp_path / "out", tmp_path / "models"
+    tracking_uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    overrides = dict(dataset_dir=str(tiny_dataset), output_dir=str(out), models_dir=str(models),
+                     split_fractions=FRACTIONS, tracking_uri=tracking_uri, mlflow_run_name="detector-test")
+    common, stage, tiny = (str(CONFIGS / f) for f in ("common.yaml", "detector.yaml", "profiles/tiny.yaml"))
+    run(config_file=[common, stage, tiny], **overrides)
+    run(config_file=[common, stage, str(CONFIGS / "detector_evaluate.yaml"), tiny], **overrides)
+
+    assert no_network == []
+    assert list(cwd.iterdir()) == []  # no runs/detect, mlruns or mlflow.db in the working directory
+    ckpt = torch.load(models / "detector.pt", map_location="cpu", weights_only=True)
+    assert ckpt["imgsz"] == 64 and ckpt["margin"] == 0.3 and ckpt["names"] == ["nasal_bone"]
+    assert json.loads((models / "detector.json").read_text())["imgsz"] == 64
+    result = json.loads((out / "detector" / "evaluation.json").read_text())
+    assert result["images"] > 0 and 0.0 <= result["mean_iou"] <= 1.0 and result["failures"] <= result["images"]
+    assert {"mAP50", "contains_both_landmarks"} <= set(result)
+    with Image.open(out / "detector" / "predictions_test.png") as im:
+        assert im.size == (4 * 320, 320 * -(-min(result["images"], 16) // 4))  # 4 tiles a row, up to 16
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("nasal_bone_fracture").experiment_id])
+    logged = {k for r in runs if r.info.run_name == "detector-test" for k in r.data.metrics}
+    assert {"train/box_loss", "metrics/mAP50B", "test_mean_iou"} <= logged
+
+    # The trained weights in inference: any image shape, a box in its pixels or none; the MONAI transform.
+    det = NasalBoneDetector(models / "detector.pt", conf=0.0)
+    img = load_xray(next(iter(read_dataset(tiny_dataset)))["image"])
+    box, conf = det.predict(np.pad(img, ((0, 40), (0, 0)), constant_values=0.0))
+    assert box is not None and box.shape == (4,) and 0.0 <= conf <= 1.0
+    d = DetectNasalBoned(keys="image", weights=str(models / "detector.pt"), crop_size=32, conf=0.0)(
+        {"image": torch.from_numpy(img)[None]})
+    assert d["crop"].shape == (1, 32, 32) and d["image"].shape == (1, *img.shape)
+    x1, y1, x2, y2 = d["box"]
+    assert x2 - x1 == pytest.approx(y2 - y1) and d["box_source"] == "detector"

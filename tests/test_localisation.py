@@ -1,0 +1,126 @@
+"""Masks and region maps (shape, range, threshold choice) and the localisation metrics and evaluation config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.localisation import energy_share, pointing_hit, score_maps
+from scripts.masks import choose_threshold, classifier_mask, dice_iou, generator_mask, region_map, scale01
+from scripts.networks import Discriminator, Generator, save_networks
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from scripts.classifier import FractureClassifier
+
+    torch.manual_seed(0)
+    return FractureClassifier().eval()
+
+
+@pytest.mark.parametrize("mode", ["cam", "channel_mean"])
+def test_classifier_mask_shape_and_range(classifier, mode: str) -> None:
+    x = torch.rand(3, 1, 64, 64)
+    m = classifier_mask(x, classifier, mode)
+    assert m.shape == x.shape and m.dtype == torch.float32
+    assert m.min() >= 0 and m.max() <= 1
+    assert all(float(mi.max()) in (0.0, 1.0) for mi in m)  # scaled per image (an all-zero map stays zero)
+    assert not any(p.grad is not None for p in classifier.parameters())
+
+
+def test_cam_equals_monai_gradcam_at_the_last_conv_layer(classifier) -> None:
+    from scripts.localisation import gradcam_maps
+
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.allclose(classifier_mask(x, classifier, "cam"), gradcam_maps(classifier, x), atol=1e-4)
+
+
+def test_generator_mask_and_region_map() -> None:
+    gen = Generator((4, 4, 8, 8, 16, 4)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    m = generator_mask(x, gen, threshold=0.06)
+    assert m.shape == x.shape and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(m, (torch.abs(gen(x) - x) > 0.06).float())
+    gen.region = {"threshold": 0.4, "sigma": 1.0}
+    rmap, binary = region_map(gen, x)
+    assert rmap.shape == binary.shape == x.shape
+    assert rmap.min() >= 0 and torch.allclose(rmap.flatten(1).max(1).values, torch.ones(2))
+    assert torch.equal(binary, rmap >= 0.4)
+
+
+def test_scale_and_metrics_on_known_maps() -> None:
+    assert torch.equal(scale01(torch.tensor([[[[2.0, 4.0], [6.0, 6.0]]]])), torch.tensor([[[[0.0, 0.5], [1.0, 1.0]]]]))
+    assert torch.equal(scale01(torch.full((1, 1, 2, 2), 3.0)), torch.zeros(1, 1, 2, 2))
+    truth = np.zeros((20, 20), bool)
+    truth[5:8, 5:8] = True
+    rmap = np.zeros((20, 20))
+    rmap[10, 7] = 1.0  # 3 px below the region
+    assert not pointing_hit(rmap, truth, tolerance=2)
+    assert pointing_hit(rmap, truth, tolerance=3)
+    rmap[6, 6] = 1.0  # ties: the first maximum (row-major) counts
+    assert pointing_hit(rmap, truth, tolerance=0)
+    assert energy_share(rmap, truth) == pytest.approx(0.5)
+    assert dice_iou(truth, truth) == (1.0, 1.0)
+    half = truth.copy()
+    half[5] = False
+    assert dice_iou(half, truth) == pytest.approx((2 * 6 / 15, 6 / 9))
+    maps = np.stack([np.where(truth, 0.7, 0.2), np.where(truth, 0.9, 0.5)])
+    t, d = choose_threshold(maps, np.stack([truth, truth]))
+    assert 0.5 < t <= 0.7 and d == pytest.approx(1.0)
+    scores = score_maps(maps, np.stack([truth, truth]), t, tolerance=0, bootstrap=50)
+    assert scores["pointing"] == 1.0 and scores["dice"] == pytest.approx(1.0)
+    assert scores["pointing_ci95"] == [1.0, 1.0]
+
+
+def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, classifier) -> None:
+    from monai.bundle import run
+
+    from scripts.classifier import save_classifier
+    from scripts.masks import save_region_model
+    from scripts.splits import ensure_split
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    ensure_split(tiny_dataset, out / "split.csv", fractions=(0.6, 0.2, 0.2))
+    overrides = {
+        "dataset_dir": str(tiny_dataset),
+        "output_dir": str(out),
+        "models_dir": str(models),
+        "crop_source": "landmarks",
+        "crops_dir": str(out / "crops"),
+        "mlflow_run_name": "test-localisation",
+        "localisation#occlusion": {"mask_size": 32, "overlap": 0.0, "mode": "mean_patch", "n_batch": 8},
+    }
+    torch.manual_seed(0)
+    save_classifier(models / "classifier.pt", classifier, 0.5, {"crop_size": 64})
+    gen = Generator((4, 4, 8, 8, 16, 4))
+    save_networks(models / "gd.pt", {"stage": "gd"}, generator=gen, discriminator=Discriminator((4, 8), feature_dim=8))
+    save_networks(models / "gdc1.pt", {"stage": "gdc1", "mask_polarity": "intent"}, generator=gen)
+    from scripts.crops import crop_records, ensure_crops
+
+    csv = ensure_crops(tiny_dataset, out / "split.csv", out / "crops", 64, "landmarks")
+    save_region_model(models / "gdc2.pt", gen, crop_records(csv, "val", label=1), sigma=1.0)
+    files = [
+        str(CONFIGS / f)
+        for f in ("common.yaml", "gan_common.yaml", "gdc2.yaml", "localisation_evaluate.yaml", "profiles/tiny.yaml")
+    ]
+    run(
+        config_file=files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **overrides,
+    )
+    result = json.loads((out / "localisation" / "localisation.json").read_text())
+    assert set(result["methods"]) == {"gdc1[intent]", "gdc2[intent]", "gradcam", "occlusion"}
+    for scores in result["methods"].values():
+        for key in ("pointing", "dice", "iou", "energy"):
+            assert 0.0 <= scores[key] <= 1.0
+    assert result["test_crops"] > 0 and result["val_crops"] > 0
+    assert 0.0 <= result["repaired"]["gdc2[intent]"]["c_prob_repaired"] <= 1.0
+    assert "| gdc2[intent] |" in (out / "localisation" / "localisation.md").read_text()
+    assert (out / "localisation" / "cases.png").stat().st_size > 0

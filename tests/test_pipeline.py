@@ -1,0 +1,135 @@
+"""The top-level bundle: chained training (tiny profile) tracked on a real MLflow server, then inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from scripts import BUNDLE_ROOT
+from scripts.pipeline import train_all
+
+CONFIGS = BUNDLE_ROOT / "configs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 with a sqlite backend, stopped (whole process group) afterwards."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("mlflow server exited: " + (root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not start in 120 s")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, mlflow_server, tmp_path_factory):
+    """Every stage trained for one epoch on the tiny dataset, tracked on the MLflow server."""
+    from monai.bundle import ConfigParser
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config = ConfigParser.load_config_files([CONFIGS / "train.yaml", CONFIGS / "profiles" / "tiny.yaml"])
+    summary = train_all(config["stages"], profile="tiny", dataset_dir=str(tiny_dataset), output_dir=str(root / "run"),
+                        models_dir=str(root / "models"), tracking_uri=mlflow_server)
+    return {"summary": summary, "root": root, "models": root / "models", "stages": config["stages"]}
+
+
+def test_chained_training_writes_usable_weights(trained) -> None:
+    assert trained["summary"]["status"] == "FINISHED"
+    for stage in trained["stages"]:
+        for weights in stage["weights"]:
+            assert (trained["models"] / weights).stat().st_size > 0, weights
+    assert json.loads((trained["root"] / "run" / "pipeline.json").read_text())["status"] == "FINISHED"
+
+
+def test_mlflow_server_has_parent_and_nested_stage_runs(trained, mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(trained["summary"]["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(s["name"] for s in trained["stages"])
+    classifier = next(r for r in children if r.data.tags["stage"] == "classifier")
+    assert classifier.data.metrics  # per-epoch metrics landed in the nested run
+    assert any(k.startswith("classifier") for k in classifier.data.params)
+
+
+def test_rerun_skips_stages_with_weights(trained, tiny_dataset, mlflow_server) -> None:
+    summary = train_all(trained["stages"], profile="tiny", dataset_dir=str(tiny_dataset),
+                        output_dir=str(trained["root"] / "run"), models_dir=str(trained["models"]),
+                        tracking_uri=mlflow_server)
+    assert all(s["status"].startswith("skipped") for s in summary["stages"].values())
+
+
+def test_inference_on_mixed_folder_writes_every_output(trained, tiny_dataset, tmp_path) -> None:
+    from scripts.inference import run_inference
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    images = sorted((tiny_dataset / "images").iterdir())
+    for path in images[:6]:
+        shutil.copy(path, inputs / path.name)
+    (inputs / "broken.png").write_bytes(b"\x89PNG not really")
+    (inputs / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    summary = run_inference(inputs, out, trained["models"], dicom_out=True, tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    rows = summary.read_text().strip().splitlines()
+    assert len(rows) == 1 + 7  # header + 6 images + the broken file; the .txt is skipped
+    broken = json.loads((out / "broken.json").read_text())
+    assert "broken.png" in broken["error"] and "not a readable image" in broken["error"]
+    for path in images[:6]:
+        rec = json.loads((out / f"{path.name.split('.')[0]}.json").read_text())
+        assert "error" not in rec, rec
+        assert set(rec) >= {"nasal_bone_box", "detector_confidence", "fracture_probability", "fracture", "threshold",
+                            "region_mask", "heatmap", "overlay"}
+        shape = Image.open(out / rec["overlay"]).size
+        for key in ("region_mask", "heatmap"):
+            arr = np.asarray(Image.open(out / rec[key]))
+            assert arr.dtype == np.uint8 and arr.shape == (shape[1], shape[0])
+        assert set(np.unique(np.asarray(Image.open(out / rec["region_mask"])))) <= {0, 255}
+        if rec["nasal_bone_box"] is not None:
+            assert 0 <= rec["fracture_probability"] <= 1 and rec["fracture"] == (rec["fracture_probability"] >= rec["threshold"])
+        sc = pydicom.dcmread(out / rec["dicom"]["secondary_capture"])
+        assert sc.Rows == shape[1] and sc.Columns == shape[0]
+        pydicom.dcmread(out / rec["dicom"]["structured_report"])
