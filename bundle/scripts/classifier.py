@@ -221,3 +221,41 @@ def export_classifier(
     logger.info("classifier: threshold %.4f (%s on %d validation crops: sensitivity %.3f, specificity %.3f) -> %s",
                 threshold, rule, len(val["label"]), figures["sensitivity"], figures["specificity"], path)
     return path
+
+
+def evaluate_classifier(
+    collected: dict[str, list],
+    info: dict,
+    crops_csv: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Write ``evaluation.json`` (+ ROC and calibration PNGs) for C's outputs on ``split`` at its stored threshold.
+
+    ``collected`` holds per-crop ``pred`` (probability), ``label`` and ``patient_id`` (``OutputCollector``).
+    Raises if C was trained on another crop size than the crops evaluated.
+    """
+    from .evaluation import evaluate_binary
+
+    crops = crops_info(crops_csv)
+    if info.get("crop_size") and crops.get("size") and int(info["crop_size"]) != int(crops["size"]):
+        raise ValueError(f"classifier was trained on {info['crop_size']} px crops but {crops_csv} holds "
+                         f"{crops['size']} px crops: set crop_size to {info['crop_size']}")
+    prob = [float(p[0] if isinstance(p, list) else p) for p in collected["pred"]]
+    label = [int(round(float(y[0] if isinstance(y, list) else y))) for y in collected["label"]]
+    extra = {
+        "stage": "classifier",
+        "split": split,
+        "box_source": crops.get("box_source", "unknown"),
+        "detector_misses": crops.get("detector_misses"),
+        "crop_size": crops.get("size"),
+        "trained_on_box_source": info.get("box_source"),
+        "threshold_rule": info.get("threshold_rule"),
+        "threshold_chosen_on": "validation",
+        "validation_at_threshold": info.get("validation"),
+        "model": info.get("config"),
+    }
+    return evaluate_binary(label, prob, collected["patient_id"], info["threshold"], out_dir, "evaluation",
+                           n_resamples=n_resamples, seed=seed, extra=extra, title="Classifier C, test split")

@@ -18,6 +18,7 @@ evaluates through ``evaluate_binary``. Conventions:
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -259,7 +260,8 @@ def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = 
 def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Sequence, threshold: float,
                     out_dir: str | Path, name: str = "evaluation", n_resamples: int = 2000, seed: int = 0,
                     n_bins: int = 10, extra: dict | None = None, title: str = "") -> dict:
-    """Metrics with patient-bootstrap CIs, confusion, calibration, ROC and calibration PNGs; writes ``<name>.json``."""
+    """Metrics with patient-bootstrap CIs, confusion, calibration; writes ``<name>.json``, ROC and calibration PNGs
+    and the reliability table ``<name>_calibration.csv`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
@@ -269,6 +271,10 @@ def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Seque
     roc_png = plot_roc(out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip())
     cal_png = plot_calibration(out / f"{name}_calibration.png", y_arr, s_arr, n_bins,
                                title=f"{title} calibration".strip())
+    with open(out / f"{name}_calibration.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(cal["bins"][0]))
+        writer.writeheader()
+        writer.writerows(cal["bins"])
     result = {
         **(extra or {}),
         "threshold": float(threshold),
@@ -279,12 +285,46 @@ def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Seque
         "metrics": ci,
         "confusion": counts,
         "confusion_text": confusion_sentence(counts),
-        "calibration": cal,
+        "calibration": {k: v for k, v in cal.items() if k != "bins"},
         "bootstrap": {"unit": "patient", "n_resamples": n_resamples, "seed": seed, "level": 0.95,
                       "interval": "percentile"},
-        "figures": {"roc": roc_png.name, "calibration": cal_png.name},
+        "figures": {"roc": roc_png.name, "calibration": cal_png.name, "reliability_table": f"{name}_calibration.csv"},
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     logger.info("%s: AUC %.3f, accuracy %.3f; %s", name, ci["roc_auc"]["value"], ci["accuracy"]["value"],
                 result["confusion_text"])
     return result
+
+
+class OutputCollector:
+    """Ignite handler gathering ``keys`` of every decollated item of a MONAI engine over one run.
+
+    A key is read from the item's output (``pred``, ``label``...) or else from its input batch (other data
+    keys such as ``patient_id``, which MONAI engines do not copy into the output). ``collector.data["pred"]``
+    is a list with one entry per item (tensors become Python scalars or lists); it is reset when the engine starts.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("pred", "label", "patient_id")) -> None:
+        self.keys = tuple(keys)
+        self.data: dict[str, list] = {k: [] for k in self.keys}
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self, _engine=None) -> None:
+        self.data = {k: [] for k in self.keys}
+
+    def __call__(self, engine) -> None:
+        output, batch = engine.state.output, engine.state.batch
+        items = output if isinstance(output, list) else [output]
+        inputs = batch if isinstance(batch, list) else [batch] * len(items)
+        for item, data in zip(items, inputs, strict=True):
+            for k in self.keys:
+                v = item[k] if k in item else data[k]
+                if hasattr(v, "detach"):
+                    v = v.detach().cpu()
+                    v = v.item() if v.numel() == 1 else v.tolist()
+                self.data[k].append(v)

@@ -13,6 +13,7 @@ handlers below and ``MLFlowHandler(output_transform=loss_terms)`` log every loss
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -176,10 +177,16 @@ class EpochLossAverages:
 
 
 class LossProgressBar:
-    """Ignite's ``ProgressBar`` showing the loss terms of each iteration."""
+    """Ignite's ``ProgressBar`` showing the loss terms of each iteration.
 
-    def __init__(self, persist: bool = False) -> None:
-        self.bar = ProgressBar(persist=persist)
+    ``mininterval`` (seconds between refreshes) defaults to 0.1 on a terminal and 30 otherwise, so that logs
+    written to files are not flooded with carriage-return updates.
+    """
+
+    def __init__(self, persist: bool = False, mininterval: float | None = None) -> None:
+        if mininterval is None:
+            mininterval = 0.1 if sys.stderr.isatty() else 30.0
+        self.bar = ProgressBar(persist=persist, mininterval=mininterval)
 
     def attach(self, engine: Engine) -> None:
         self.bar.attach(engine, output_transform=loss_terms)

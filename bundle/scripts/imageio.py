@@ -110,8 +110,8 @@ def _load_pil(path: Path) -> np.ndarray:
             im.load()
             mode = im.mode
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise XrayReadError(path, f"not a readable image file ({err})") from err
+    except (UnidentifiedImageError, OSError, ValueError, ImportError) as err:
+        raise XrayReadError(path, f"not a readable image file ({type(err).__name__}: {err})") from err
     arr = _to_gray(arr, path)
     if mode.startswith("I;16") or arr.dtype == np.uint16:
         return _scale_integer(arr, 16)

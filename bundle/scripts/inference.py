@@ -23,6 +23,7 @@ from PIL import Image
 from .boxes import squarify
 from .crops import crop_box, paste_back
 from .imageio import SUFFIXES, _is_dicom, _suffix, load_xray
+from .masks import region_map
 from .visualise import overlay
 
 logger = logging.getLogger("nasal.inference")
@@ -45,7 +46,7 @@ class FracturePipeline:
     def __init__(self, models_dir: str | Path, device: str | torch.device | None = None) -> None:
         from .classifier import load_classifier
         from .detector import NasalBoneDetector
-        from .masks import load_localiser
+        from .masks import load_region_model
 
         models = Path(models_dir)
         missing = [n for n in ("detector.pt", "classifier.pt", "gdc2.pt") if not (models / n).is_file()]
@@ -59,7 +60,7 @@ class FracturePipeline:
         self.classifier, info = load_classifier(models / "classifier.pt", self.device)
         self.threshold = float(info["threshold"])
         self.crop_size = int(info.get("crop_size", 128))
-        self.localiser = load_localiser(models / "gdc2.pt", self.device)
+        self.localiser = load_region_model(models / "gdc2.pt", self.device)
 
     @torch.no_grad()
     def __call__(self, image01: np.ndarray) -> dict[str, Any]:
@@ -79,7 +80,7 @@ class FracturePipeline:
         square = squarify(box)
         crop = torch.from_numpy(crop_box(image01, square, self.crop_size))[None, None].to(self.device)
         prob = float(torch.sigmoid(self.classifier(crop)).item())
-        heat, region = self.localiser(crop)
+        heat, region = region_map(self.localiser, crop)
         out.update(
             nasal_bone_box=[round(float(v), 1) for v in box],
             fracture_probability=prob,

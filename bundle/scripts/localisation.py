@@ -223,8 +223,8 @@ def _generator_method(name: str, generator: nn.Module, sigma: float, threshold: 
 def evaluate(
     crops_csv: str | Path,
     out_dir: str | Path,
-    classifier_weights: str | Path,
-    gd_weights: str | Path,
+    classifier: nn.Module,
+    discriminator: nn.Module,
     gdc1_weights: str | Path,
     gdc2_weights: str | Path,
     device: str | torch.device = "cpu",
@@ -239,18 +239,18 @@ def evaluate(
 ) -> dict:
     """Run every method on the validation and test fracture crops; write json, markdown table and case figure.
 
+    ``classifier`` is C (``FractureClassifier`` interface: logits, ``target_layer``), ``discriminator`` the G-D D.
+
     ``variants``: extra G-D-C runs to compare, ``{label: {"gdc1": path, "gdc2": path}}`` (e.g. the other mask
     polarity); the main run is labelled with the polarity stored in its checkpoint.
     """
-    from .classifier import load_classifier
     from .crops import crop_records
     from .masks import load_region_model
-    from .networks import freeze, load_network, load_networks
+    from .networks import freeze, load_networks
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classifier = freeze(load_classifier(classifier_weights, device)[0])
-    discriminator = freeze(load_network(gd_weights, "discriminator", device))
+    classifier, discriminator = freeze(classifier), freeze(discriminator)
     val_x, val_t = load_crops([r for r in crop_records(crops_csv, "val", label=1) if r["mask"]])
     test_x, test_t = load_crops([r for r in crop_records(crops_csv, "test", label=1) if r["mask"]])
     logger.info("localisation: %d validation and %d test fracture crops", len(val_x), len(test_x))
