@@ -37,9 +37,25 @@ def mlflow_server(tmp_path_factory):
     mlflow = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -68,8 +84,14 @@ def trained(tiny_dataset, mlflow_server, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pipeline")
     config = ConfigParser.load_config_files([CONFIGS / "train.yaml", CONFIGS / "profiles" / "tiny.yaml"])
-    summary = train_all(config["stages"], profile="tiny", dataset_dir=str(tiny_dataset), output_dir=str(root / "run"),
-                        models_dir=str(root / "models"), tracking_uri=mlflow_server)
+    summary = train_all(
+        config["stages"],
+        profile="tiny",
+        dataset_dir=str(tiny_dataset),
+        output_dir=str(root / "run"),
+        models_dir=str(root / "models"),
+        tracking_uri=mlflow_server,
+    )
     return {"summary": summary, "root": root, "models": root / "models", "stages": config["stages"]}
 
 
@@ -87,8 +109,9 @@ def test_mlflow_server_has_parent_and_nested_stage_runs(trained, mlflow_server) 
     client = MlflowClient(mlflow_server)
     parent = client.get_run(trained["summary"]["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(r.data.tags["stage"] for r in children) == sorted(s["name"] for s in trained["stages"])
     classifier = next(r for r in children if r.data.tags["stage"] == "classifier")
     assert classifier.data.metrics  # per-epoch metrics landed in the nested run
@@ -96,9 +119,14 @@ def test_mlflow_server_has_parent_and_nested_stage_runs(trained, mlflow_server) 
 
 
 def test_rerun_skips_stages_with_weights(trained, tiny_dataset, mlflow_server) -> None:
-    summary = train_all(trained["stages"], profile="tiny", dataset_dir=str(tiny_dataset),
-                        output_dir=str(trained["root"] / "run"), models_dir=str(trained["models"]),
-                        tracking_uri=mlflow_server)
+    summary = train_all(
+        trained["stages"],
+        profile="tiny",
+        dataset_dir=str(tiny_dataset),
+        output_dir=str(trained["root"] / "run"),
+        models_dir=str(trained["models"]),
+        tracking_uri=mlflow_server,
+    )
     assert all(s["status"].startswith("skipped") for s in summary["stages"].values())
 
 
@@ -121,15 +149,25 @@ def test_inference_on_mixed_folder_writes_every_output(trained, tiny_dataset, tm
     for path in images[:6]:
         rec = json.loads((out / f"{path.name.split('.')[0]}.json").read_text())
         assert "error" not in rec, rec
-        assert set(rec) >= {"nasal_bone_box", "detector_confidence", "fracture_probability", "fracture", "threshold",
-                            "region_mask", "heatmap", "overlay"}
+        assert set(rec) >= {
+            "nasal_bone_box",
+            "detector_confidence",
+            "fracture_probability",
+            "fracture",
+            "threshold",
+            "region_mask",
+            "heatmap",
+            "overlay",
+        }
         shape = Image.open(out / rec["overlay"]).size
         for key in ("region_mask", "heatmap"):
             arr = np.asarray(Image.open(out / rec[key]))
             assert arr.dtype == np.uint8 and arr.shape == (shape[1], shape[0])
         assert set(np.unique(np.asarray(Image.open(out / rec["region_mask"])))) <= {0, 255}
         if rec["nasal_bone_box"] is not None:
-            assert 0 <= rec["fracture_probability"] <= 1 and rec["fracture"] == (rec["fracture_probability"] >= rec["threshold"])
+            assert 0 <= rec["fracture_probability"] <= 1 and rec["fracture"] == (
+                rec["fracture_probability"] >= rec["threshold"]
+            )
         sc = pydicom.dcmread(out / rec["dicom"]["secondary_capture"])
         assert sc.Rows == shape[1] and sc.Columns == shape[0]
         pydicom.dcmread(out / rec["dicom"]["structured_report"])

@@ -47,7 +47,8 @@ def bench_loading(tmp: Path) -> dict[str, float]:
     from .imageio import KINDS, load_xray, save_xray
 
     img = np.random.default_rng(0).random((512, 512)).astype(np.float32)
-    return {kind: 1000 * _timeit(lambda p=save_xray(tmp / kind, img, kind): load_xray(p), 10) for kind in KINDS}
+    paths = {kind: save_xray(tmp / kind, img, kind) for kind in KINDS}
+    return {kind: 1000 * _timeit(lambda p=path: load_xray(p), 10) for kind, path in paths.items()}
 
 
 def bench_inference(models_dir: Path, n: int = 10) -> dict[str, float] | None:

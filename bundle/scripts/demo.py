@@ -51,24 +51,62 @@ def main() -> None:
     py = sys.executable
     data, out = Path(args.data), Path(args.out)
     if not (data / "dataset.csv").is_file():
-        _step(f"Phantom: {args.n} lateral head X-rays", [py, "-m", "scripts.phantom", "--out", str(data), "--n",
-                                                          str(args.n), "--seed", "0"], t0)
+        _step(
+            f"Phantom: {args.n} lateral head X-rays",
+            [py, "-m", "scripts.phantom", "--out", str(data), "--n", str(args.n), "--seed", "0"],
+            t0,
+        )
     else:
         print(f"=== phantom dataset exists at {data} (delete it to regenerate)")
     configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'profiles' / (args.profile + '.yaml')}']"
-    _step("Training and evaluating every stage", [py, "-m", "monai.bundle", "run", "training", "--config_file", configs,
-                                                  "--dataset_dir", str(data), "--output_dir", str(out),
-                                                  "--retrain", str(args.retrain)], t0)
+    _step(
+        "Training and evaluating every stage",
+        [
+            py,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            configs,
+            "--dataset_dir",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--retrain",
+            str(args.retrain),
+        ],
+        t0,
+    )
     held_out = held_out_folder(data, out / "split.csv", out / "held_out_images")
-    _step("Inference on the held-out test images (mixed formats, DICOM outputs)",
-          [py, "-m", "monai.bundle", "run", "inference", "--config_file", str(CONFIGS / "inference.yaml"),
-           "--input_dir", str(held_out), "--output_dir", str(out / "inference"), "--dicom_out", "True",
-           "--tracking_uri", f"sqlite:///{(out / 'mlflow.db').resolve()}"], t0)
+    _step(
+        "Inference on the held-out test images (mixed formats, DICOM outputs)",
+        [
+            py,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inference",
+            "--config_file",
+            str(CONFIGS / "inference.yaml"),
+            "--input_dir",
+            str(held_out),
+            "--output_dir",
+            str(out / "inference"),
+            "--dicom_out",
+            "True",
+            "--tracking_uri",
+            f"sqlite:///{(out / 'mlflow.db').resolve()}",
+        ],
+        t0,
+    )
     _step("Report", [py, "-m", "scripts.report", str(out), "--inference_dir", str(out / "inference")], t0)
-    print(f"\nDone in {(time.perf_counter() - t0) / 60:.1f} min.\n"
-          f"  Report:  {(out / 'report.html').resolve()}\n"
-          f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}\n"
-          f"  Weights: {BUNDLE_ROOT / 'models'}")
+    print(
+        f"\nDone in {(time.perf_counter() - t0) / 60:.1f} min.\n"
+        f"  Report:  {(out / 'report.html').resolve()}\n"
+        f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}\n"
+        f"  Weights: {BUNDLE_ROOT / 'models'}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def _img(path: Path, root: Path, width: int = 480) -> str:
-    rel = os.path.relpath(path, root)
-    return f'<a href="{html.escape(rel)}"><img src="{html.escape(rel)}" width="{width}" title="{html.escape(path.name)}"></a>'
+    rel = html.escape(os.path.relpath(path, root))
+    return f'<a href="{rel}"><img src="{rel}" width="{width}" title="{html.escape(path.name)}"></a>'
 
 
 def _markdown_tables(folder: Path) -> str:
@@ -66,16 +66,20 @@ def _gallery(inference_dir: Path, root: Path, limit: int = 24) -> str:
     errors = [r for r in rows if r["status"] == "error"]
     ok = [r for r in rows if r["status"] == "ok"]
     flagged = [r for r in ok if r["fracture"] == "True"]
-    parts = [f"<p>{len(rows)} images, {len(flagged)} flagged as fracture, {len(errors)} could not be processed. "
-             f'Per-image JSON and maps: <a href="{html.escape(os.path.relpath(summary, root))}">summary.csv</a>.</p>']
+    parts = [
+        f"<p>{len(rows)} images, {len(flagged)} flagged as fracture, {len(errors)} could not be processed. "
+        f'Per-image JSON and maps: <a href="{html.escape(os.path.relpath(summary, root))}">summary.csv</a>.</p>'
+    ]
     if errors:
         items = "".join(f"<li>{html.escape(Path(r['image']).name)}: {html.escape(r['error'])}</li>" for r in errors)
         parts.append(f"<ul>{items}</ul>")
     shown = (flagged[: limit // 2] + [r for r in ok if r not in flagged])[:limit]
     for r in shown:
         rec = json.loads((inference_dir / r["output"]).read_text())
-        parts.append(f'<figure>{_img(inference_dir / rec["overlay"], root, 300)}'
-                     f"<figcaption>{html.escape(Path(r['image']).name)}</figcaption></figure>")
+        parts.append(
+            f"<figure>{_img(inference_dir / rec['overlay'], root, 300)}"
+            f"<figcaption>{html.escape(Path(r['image']).name)}</figcaption></figure>"
+        )
     return "".join(parts)
 
 
@@ -83,19 +87,26 @@ def write_report(run_dir: str | Path, inference_dir: str | Path | None = None) -
     """Write ``run_dir/report.html`` from the run's results; return its path."""
     root = Path(run_dir)
     inference = Path(inference_dir) if inference_dir else root / "inference"
-    parts = ["<!doctype html><meta charset='utf-8'><title>Nasal bone fracture: run report</title>",
-             "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}td{padding:2px 10px}"
-             "tr:nth-child(even){background:#f2f2f2}figure{display:inline-block;margin:4px}"
-             "figcaption{font-size:11px}</style>",
-             "<h1>Nasal bone fracture detection: run report</h1>",
-             "<p><b>Research use only.</b> Trained and measured on a procedural phantom, not on patients.</p>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>Nasal bone fracture: run report</title>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}td{padding:2px 10px}"
+        "tr:nth-child(even){background:#f2f2f2}figure{display:inline-block;margin:4px}"
+        "figcaption{font-size:11px}</style>",
+        "<h1>Nasal bone fracture detection: run report</h1>",
+        "<p><b>Research use only.</b> Trained and measured on a procedural phantom, not on patients.</p>",
+    ]
     pipeline = root / "pipeline.json"
     if pipeline.is_file():
         info = json.loads(pipeline.read_text())
-        rows = [(name, s.get("status") or f"trained in {s.get('train_seconds')} s") for name, s in info["stages"].items()]
-        parts += [f"<h2>Pipeline ({html.escape(str(info.get('profile')))} profile)</h2>", _table(rows),
-                  f"<p>MLflow: <code>{html.escape(info.get('tracking_uri', ''))}</code>, parent run "
-                  f"<code>{html.escape(info.get('parent_run_id', ''))}</code>.</p>"]
+        rows = [
+            (name, s.get("status") or f"trained in {s.get('train_seconds')} s") for name, s in info["stages"].items()
+        ]
+        parts += [
+            f"<h2>Pipeline ({html.escape(str(info.get('profile')))} profile)</h2>",
+            _table(rows),
+            f"<p>MLflow: <code>{html.escape(info.get('tracking_uri', ''))}</code>, parent run "
+            f"<code>{html.escape(info.get('parent_run_id', ''))}</code>.</p>",
+        ]
     for folder, title in SECTIONS:
         stage = root / folder
         if not stage.is_dir():
