@@ -95,6 +95,7 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
         "crops_dir": str(out / "crops"),
         "mlflow_run_name": "test-localisation",
         "localisation#occlusion": {"mask_size": 32, "overlap": 0.0, "mode": "mean_patch", "n_batch": 8},
+        "localisation#variants": {"other": {"gdc1": str(models / "gdc1.pt"), "gdc2": str(models / "gdc2.pt")}},
     }
     torch.manual_seed(0)
     save_classifier(models / "classifier.pt", classifier, 0.5, {"crop_size": 64})
@@ -116,7 +117,15 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
         **overrides,
     )
     result = json.loads((out / "localisation" / "localisation.json").read_text())
-    assert set(result["methods"]) == {"gdc1[intent]", "gdc2[intent]", "gradcam", "occlusion"}
+    assert set(result["methods"]) == {
+        "gdc1[intent]",
+        "gdc2[intent]",
+        "gdc1[other]",
+        "gdc2[other]",
+        "gradcam",
+        "occlusion",
+    }
+    assert result["methods"]["gdc2[other]"] == result["methods"]["gdc2[intent]"]  # the same weights, the same scores
     for scores in result["methods"].values():
         for key in ("pointing", "dice", "iou", "energy"):
             assert 0.0 <= scores[key] <= 1.0

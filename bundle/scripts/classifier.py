@@ -7,7 +7,8 @@ caller never needs to know how C was trained.
 
 The map the G-D-C stages call M(X), "the output of C's last convolutional layer", is ``features(x)``:
 the head block of EfficientNet, ``swish(_bn1(_conv_head(x)))``, the last feature map before global
-pooling, ``(B, C, H/32, W/32)`` with C = 1280 (b0) or 1536 (b3). It is computed by the module named
+pooling, ``(B, C, S/32, S/32)`` with C = 1280 (b0) or 1536 (b3) and S the network's input size (the crop's
+size, or ``input_size`` when the wrapper resizes crops internally). It is computed by the module named
 ``target_layer`` (``"head_act"``), the same layer ``gradcam`` hooks. (EfficientNet's own ``_swish``
 module is shared by the stem and the head, so it cannot be hooked; ``head_act`` is the head's own.)
 
@@ -21,9 +22,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import EfficientNetBN
 from monai.visualize import GradCAM
 from torch import nn
@@ -39,9 +42,18 @@ class FractureClassifier(nn.Module):
     Args:
         model_name: ``"efficientnet-b0"`` ... ``"efficientnet-b7"``.
         in_channels_mode: ``"rgb"`` (1 channel replicated to 3) or ``"gray"`` (1-channel stem).
-        mean, std: input normalisation applied to the ``[0, 1]`` crop, ``(x - mean) / std``.
+        mean, std: input normalisation ``(x - mean) / std``, applied last (after resizing and high-pass).
         bn_momentum, bn_eps: BatchNorm settings (PyTorch convention: ``momentum`` is the weight of the new batch;
             MONAI's default 0.01 is TensorFlow's 0.99 and lags far behind the weights in short trainings).
+        input_size: resize every crop to ``input_size`` x ``input_size`` inside the network (bilinear, antialiased);
+            None keeps the crop's size.
+        highpass_sigma: if > 0, feed ``x - gaussian_blur(x, sigma)`` (sigma in pixels of the network input):
+            removes the smooth soft-tissue and exposure background and keeps edges, lines and gaps.
+        dropout_rate, drop_connect_rate: override EfficientNet's defaults for the variant (None: keep them).
+        zero_init_residual: start every residual MBConv block as the identity (its last BN scale = 0).
+        fix_depthwise_init: initialise depthwise convolutions with their real fan-out (k*k); MONAI's port uses
+            k*k*channels, which makes them about sqrt(channels) times too small.
+        Only the first four change what a trained network computes; the rest shape training and are recorded.
     """
 
     target_layer = "head_act"
@@ -54,14 +66,25 @@ class FractureClassifier(nn.Module):
         std: float = 1.0,
         bn_momentum: float = 0.01,
         bn_eps: float = 1e-3,
+        input_size: int | None = None,
+        highpass_sigma: float = 0.0,
+        dropout_rate: float | None = None,
+        drop_connect_rate: float | None = None,
+        zero_init_residual: bool = False,
+        fix_depthwise_init: bool = False,
     ) -> None:
         super().__init__()
         if in_channels_mode not in INPUT_MODES:
             raise ValueError(f"in_channels_mode must be one of {INPUT_MODES}, got '{in_channels_mode}'")
         if std <= 0:
             raise ValueError(f"std must be positive, got {std}")
-        self.config = {"model_name": model_name, "in_channels_mode": in_channels_mode, "mean": float(mean),
-                       "std": float(std), "bn_momentum": float(bn_momentum), "bn_eps": float(bn_eps)}
+        self.config = {
+            "model_name": model_name, "in_channels_mode": in_channels_mode, "mean": float(mean), "std": float(std),
+            "bn_momentum": float(bn_momentum), "bn_eps": float(bn_eps),
+            "input_size": None if input_size is None else int(input_size), "highpass_sigma": float(highpass_sigma),
+            "dropout_rate": dropout_rate, "drop_connect_rate": drop_connect_rate,
+            "zero_init_residual": bool(zero_init_residual), "fix_depthwise_init": bool(fix_depthwise_init),
+        }
         self.in_channels = 3 if in_channels_mode == "rgb" else 1
         self.net = EfficientNetBN(
             model_name, pretrained=False, progress=False, spatial_dims=2, in_channels=self.in_channels, num_classes=1,
@@ -69,16 +92,48 @@ class FractureClassifier(nn.Module):
         )
         # The head's own activation (EfficientNet's ``_swish`` also serves the stem): hookable, parameter-free.
         self.head_act = copy.deepcopy(self.net._swish)
+        self.register_buffer("blur_kernel", _gaussian_kernel(highpass_sigma), persistent=False)
+        self._configure(dropout_rate, drop_connect_rate, zero_init_residual, fix_depthwise_init)
+
+    def _configure(self, dropout_rate, drop_connect_rate, zero_init_residual: bool, fix_depthwise_init: bool) -> None:
+        if dropout_rate is not None:
+            self.net._dropout.p = float(dropout_rate)
+        for block in self.net._blocks.modules():
+            if not hasattr(block, "drop_connect_rate") or not hasattr(block, "_project_conv"):
+                continue
+            if drop_connect_rate is not None:
+                block.drop_connect_rate = float(drop_connect_rate)
+            residual = block.id_skip and block.stride == 1 and block.in_channels == block.out_channels
+            if zero_init_residual and residual:
+                nn.init.zeros_(block._bn2.weight)
+        if fix_depthwise_init:
+            for m in self.net.modules():
+                if isinstance(m, nn.Conv2d) and m.groups > 1:
+                    fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` in [0, 1] -> the network's normalised input ``(B, 1 or 3, H, W)``."""
+        """``(B, 1, H, W)`` in [0, 1] -> the network's input ``(B, 1 or 3, S, S)``: resized, high-passed, normalised."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"expected crops of shape (B, 1, H, W), got {tuple(x.shape)}")
-        x = (x.float() - self.config["mean"]) / self.config["std"]
+        x = x.float()
+        size = self.config["input_size"]
+        if size and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if self.blur_kernel.numel() > 1:
+            k = self.blur_kernel.to(x.dtype)
+            r = k.shape[-1] // 2
+            blurred = F.conv2d(F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), k[None, None, None, :]),
+                               k[None, None, :, None])
+            x = x - blurred
+        x = (x - self.config["mean"]) / self.config["std"]
         return x.expand(-1, self.in_channels, -1, -1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map, ``swish(_bn1(_conv_head(...)))`` before pooling: ``(B, C, H/32, W/32)``."""
+        """The last feature map, ``swish(_bn1(_conv_head(...)))`` before pooling: ``(B, C, S/32, S/32)``.
+
+        ``S`` is ``input_size`` if set, else the crop's size; upsample it to the crop's size to overlay it.
+        """
         n = self.net
         h = n._swish(n._bn0(n._conv_stem(n._conv_stem_padding(self.prepare(x)))))
         h = n._blocks(h)
@@ -108,6 +163,16 @@ class FractureClassifier(nn.Module):
                 for key in set(hooks) - before:
                     del hooks[key]
         return out.detach()
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 1D Gaussian of radius ceil(3 sigma); a single 1 (no blur) when sigma <= 0."""
+    if sigma <= 0:
+        return torch.ones(1)
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    return k / k.sum()
 
 
 def _scale01(x: torch.Tensor) -> torch.Tensor:

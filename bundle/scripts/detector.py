@@ -175,7 +175,7 @@ class NasalBoneDetector:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{weights}: not a detector checkpoint of this bundle (format {ckpt.get('format')!r})")
         self.device = _torch_device(device)
-        self.model = _build_model(ckpt).to(self.device)
+        self.model = _build_model(ckpt).fuse(verbose=False).to(self.device)  # conv + batch norm folded for inference
         self.imgsz = int(imgsz or ckpt["imgsz"])
         self.margin = float(ckpt["margin"])
         self.conf = float(conf)

@@ -85,12 +85,18 @@ def confusion_sentence(counts: dict[str, int], positive: str = "fractures", nega
 
 
 def candidate_thresholds(score: Sequence[float]) -> np.ndarray:
-    """Midpoints between consecutive distinct scores, plus one below the lowest and one above the highest."""
+    """Midpoints between consecutive distinct scores, plus one at or below the lowest and one above the highest.
+
+    For probabilities the end points stay in [0, 1]: half-way to 0 (or 0) below, half-way to 1 above (or just
+    above 1 when the highest score is exactly 1).
+    """
     s = np.unique(np.asarray(score, dtype=np.float64))
     if s.size == 0:
         return np.array([0.5])
     mids = (s[:-1] + s[1:]) / 2
-    return np.concatenate([[s[0] - 1e-6], mids, [s[-1] + 1e-6]])
+    low = s[0] / 2 if 0.0 <= s[0] <= 1.0 else s[0] - 1e-6
+    high = (s[-1] + 1.0) / 2 if 0.0 <= s[-1] < 1.0 else np.nextafter(s[-1], np.inf)
+    return np.concatenate([[low], mids, [high]])
 
 
 def choose_threshold(y: Sequence[int], score: Sequence[float], rule: str = "youden",
