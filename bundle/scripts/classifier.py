@@ -53,7 +53,8 @@ class FractureClassifier(nn.Module):
         zero_init_residual: start every residual MBConv block as the identity (its last BN scale = 0).
         fix_depthwise_init: initialise depthwise convolutions with their real fan-out (k*k); MONAI's port uses
             k*k*channels, which makes them about sqrt(channels) times too small.
-        Only the first four change what a trained network computes; the rest shape training and are recorded.
+        pooling: global pooling before the output layer, ``"avg"`` (EfficientNet's) or ``"max"``.
+        Only the first four and ``pooling`` change what a trained network computes; the rest shape training and are recorded.
     """
 
     target_layer = "head_act"
@@ -72,10 +73,13 @@ class FractureClassifier(nn.Module):
         drop_connect_rate: float | None = None,
         zero_init_residual: bool = False,
         fix_depthwise_init: bool = False,
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
         if in_channels_mode not in INPUT_MODES:
             raise ValueError(f"in_channels_mode must be one of {INPUT_MODES}, got '{in_channels_mode}'")
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got '{pooling}'")
         if std <= 0:
             raise ValueError(f"std must be positive, got {std}")
         self.config = {
@@ -84,6 +88,7 @@ class FractureClassifier(nn.Module):
             "input_size": None if input_size is None else int(input_size), "highpass_sigma": float(highpass_sigma),
             "dropout_rate": dropout_rate, "drop_connect_rate": drop_connect_rate,
             "zero_init_residual": bool(zero_init_residual), "fix_depthwise_init": bool(fix_depthwise_init),
+            "pooling": pooling,
         }
         self.in_channels = 3 if in_channels_mode == "rgb" else 1
         self.net = EfficientNetBN(
@@ -92,6 +97,8 @@ class FractureClassifier(nn.Module):
         )
         # The head's own activation (EfficientNet's ``_swish`` also serves the stem): hookable, parameter-free.
         self.head_act = copy.deepcopy(self.net._swish)
+        if pooling == "max":  # a fracture is a small local finding: "anywhere in the crop" rather than "on average"
+            self.net._avg_pooling = nn.AdaptiveMaxPool2d(1)
         self.register_buffer("blur_kernel", _gaussian_kernel(highpass_sigma), persistent=False)
         self._configure(dropout_rate, drop_connect_rate, zero_init_residual, fix_depthwise_init)
 
