@@ -79,6 +79,23 @@ def test_internal_resize_highpass_and_initialisation_options() -> None:
     assert loaded.config == m.config
 
 
+def test_convnet_backbone_max_pooling_and_its_feature_map() -> None:
+    torch.manual_seed(0)
+    m = FractureClassifier("convnet", "gray", std=0.0625, highpass_sigma=3.0, pooling="max").eval()
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        feats = m.features(x)
+        logits = m(x)
+    assert feats.shape == (2, 128, 8, 8) and feats.min() >= 0  # 4 max-pool steps, ReLU at the hooked head
+    assert torch.allclose(m.net._fc(feats.amax((2, 3))), logits, atol=1e-5)  # global max pooling, then linear
+    assert m.gradcam(x).shape == (2, 1, 128, 128)
+    avg = FractureClassifier("convnet", "gray", pooling="avg").eval()
+    with torch.no_grad():
+        assert torch.allclose(avg.net._fc(avg.features(x).mean((2, 3))), avg(x), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        FractureClassifier("convnet", pooling="median")
+
+
 def test_gradcam_shape_range_and_no_leftover_hooks(model) -> None:
     x = torch.rand(3, 1, 64, 64)
     layer = dict(model.named_modules())[model.target_layer]
