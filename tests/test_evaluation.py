@@ -140,3 +140,13 @@ def test_output_collector_reads_outputs_and_batch_keys() -> None:
     assert collector.data["label"] == [1.0, 0.0] and collector.data["patient_id"] == ["P1", "P2"]
     collector.reset()
     assert collector.data["pred"] == []
+
+
+def test_candidate_thresholds_of_probabilities_stay_in_the_unit_interval() -> None:
+    from scripts.evaluation import candidate_thresholds
+
+    assert list(candidate_thresholds([0.2, 0.6])) == [0.1, 0.4, 0.8]
+    low, *_, high = candidate_thresholds([0.0, 0.3, 1.0])
+    assert low == 0.0 and 1.0 < high < 1.0 + 1e-12  # everything positive / nothing positive
+    t, info = choose_threshold([0, 1, 0, 1], [0.0, 0.0, 0.0, 0.0])  # an untrained network: all scores equal
+    assert 0.0 <= t <= 1.0 and info["youden_j"] == 0.0

@@ -34,11 +34,22 @@ def test_classifier_mask_shape_and_range(classifier, mode: str) -> None:
     assert not any(p.grad is not None for p in classifier.parameters())
 
 
-def test_cam_equals_monai_gradcam_at_the_last_conv_layer(classifier) -> None:
+def test_cam_equals_monai_gradcam_at_the_last_conv_layer() -> None:
+    """Both maps are Grad-CAM with the same orientation (largest = most fracture evidence), on a non-trivial map."""
+    from scripts.classifier import FractureClassifier
     from scripts.localisation import gradcam_maps
+    from scripts.masks import last_conv_activation
 
+    torch.manual_seed(1)
+    net = FractureClassifier("convnet", "gray").eval()
+    torch.nn.init.uniform_(net.net._fc.weight, 0.5, 1.0)  # positive weights: a CAM with a clear maximum
     x = torch.rand(2, 1, 64, 64)
-    assert torch.allclose(classifier_mask(x, classifier, "cam"), gradcam_maps(classifier, x), atol=1e-4)
+    act, grad = last_conv_activation(net, x)
+    by_hand = torch.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+    assert (by_hand.flatten(1).amax(1) > 0).all() and (by_hand.flatten(1).amin(1) < by_hand.flatten(1).amax(1)).all()
+    expected = scale01(torch.nn.functional.interpolate(by_hand, size=(64, 64), mode="bilinear", align_corners=False))
+    assert torch.allclose(classifier_mask(x, net, "cam"), expected, atol=1e-4)
+    assert torch.allclose(gradcam_maps(net, x), expected, atol=1e-4)  # not MONAI's default (min, max) -> (1, 0)
 
 
 def test_generator_mask_and_region_map() -> None:
