@@ -52,9 +52,23 @@ def test_top_level_configs_resolve_through_the_cli(tmp_path) -> None:
         ("inference.yaml", "inference", "$print('resolved', scripts.inference.run_inference.__name__)"),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(configs / config),
-             f"--{run_id}", expr, "--output_dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "monai.bundle",
+                "run",
+                run_id,
+                "--config_file",
+                str(configs / config),
+                f"--{run_id}",
+                expr,
+                "--output_dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert "resolved" in result.stdout

@@ -49,8 +49,13 @@ def test_features_are_the_head_output_before_pooling(model) -> None:
     assert feats.shape == (2, 1280, 2, 2)  # b0: 1280 channels, input / 32
     assert torch.equal(seen["out"], feats)  # the hooked layer is the one `features` returns
     n = model.net
-    head = n._swish(n._bn1(n._conv_head(n._conv_head_padding(n._blocks(
-        n._swish(n._bn0(n._conv_stem(n._conv_stem_padding((x - 0.3) / 0.25)))))))))
+    head = n._swish(
+        n._bn1(
+            n._conv_head(
+                n._conv_head_padding(n._blocks(n._swish(n._bn0(n._conv_stem(n._conv_stem_padding((x - 0.3) / 0.25))))))
+            )
+        )
+    )
     assert torch.allclose(feats, head, atol=1e-5)
     assert torch.allclose(n._fc(feats.mean((2, 3))), logits, atol=1e-5)  # pooling + linear layer give the logit
     assert FractureClassifier("efficientnet-b0").features(torch.rand(1, 1, 128, 128)).shape == (1, 1280, 4, 4)
@@ -58,9 +63,17 @@ def test_features_are_the_head_output_before_pooling(model) -> None:
 
 def test_internal_resize_highpass_and_initialisation_options() -> None:
     torch.manual_seed(0)
-    m = FractureClassifier("efficientnet-b0", "gray", std=0.0625, input_size=64, highpass_sigma=2.0,
-                           dropout_rate=0.0, drop_connect_rate=0.0, zero_init_residual=True,
-                           fix_depthwise_init=True).eval()
+    m = FractureClassifier(
+        "efficientnet-b0",
+        "gray",
+        std=0.0625,
+        input_size=64,
+        highpass_sigma=2.0,
+        dropout_rate=0.0,
+        drop_connect_rate=0.0,
+        zero_init_residual=True,
+        fix_depthwise_init=True,
+    ).eval()
     x = torch.rand(2, 1, 128, 128)
     assert m.prepare(x).shape == (2, 1, 64, 64)  # resized inside the network
     assert m.features(x).shape == (2, 1280, 2, 2)
@@ -132,9 +145,13 @@ def test_latest_checkpoint_picks_the_highest_epoch(tmp_path) -> None:
 def _run(files: tuple[str, ...], overrides: dict) -> None:
     from monai.bundle import run
 
-    run(config_file=[str(CONFIGS / f) for f in ("common.yaml", *files, "profiles/tiny.yaml")],
-        meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
-        mlflow_run_name="test-classifier", **overrides)
+    run(
+        config_file=[str(CONFIGS / f) for f in ("common.yaml", *files, "profiles/tiny.yaml")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        mlflow_run_name="test-classifier",
+        **overrides,
+    )
 
 
 def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> None:
@@ -143,8 +160,12 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
 
     models, out = tmp_path / "models", tmp_path / "out"
     ensure_split(tiny_dataset, out / "split.csv", fractions=(0.6, 0.2, 0.2))  # both classes in validation and test
-    overrides = {"dataset_dir": str(tiny_dataset), "output_dir": str(out), "models_dir": str(models),
-                 "crop_source": "landmarks"}
+    overrides = {
+        "dataset_dir": str(tiny_dataset),
+        "output_dir": str(out),
+        "models_dir": str(models),
+        "crop_source": "landmarks",
+    }
     _run(("classifier.yaml",), overrides)
     model, info = load_classifier(models / "classifier.pt")
     assert 0.0 <= info["threshold"] <= 1.0

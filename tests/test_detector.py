@@ -27,7 +27,7 @@ def _rectangle_image(shape, box, background=0.2):
     """An image with a bright rectangle covering pixel columns x1..x2 and rows y1..y2 (inclusive)."""
     img = np.full(shape, background, dtype=np.float32)
     x1, y1, x2, y2 = box
-    img[y1:y2 + 1, x1:x2 + 1] = 1.0
+    img[y1 : y2 + 1, x1 : x2 + 1] = 1.0
     return img
 
 
@@ -67,8 +67,10 @@ def test_letterbox_maps_boxes_both_ways(shape, imgsz):
     assert max(nh, nw) == imgsz and lb.apply(np.zeros(shape, np.float32)).shape == (imgsz, imgsz)
 
 
-@pytest.mark.parametrize("shape,rect", [((300, 500), (300, 120, 359, 169)), ((520, 330), (40, 300, 99, 339)),
-                                        ((512, 512), (380, 260, 419, 319))])
+@pytest.mark.parametrize(
+    "shape,rect",
+    [((300, 500), (300, 120, 359, 169)), ((520, 330), (40, 300, 99, 339)), ((512, 512), (380, 260, 419, 319))],
+)
 def test_predicted_box_maps_back_for_non_square_and_rescaled_inputs(shape, rect):
     det = _stub_detector(imgsz=256)
     img = _rectangle_image(shape, rect)
@@ -81,8 +83,9 @@ def test_predicted_box_maps_back_for_non_square_and_rescaled_inputs(shape, rect)
     # Rescaled 2x (every pixel becomes 2x2): the box scales with it.
     big = np.kron(img, np.ones((2, 2), np.float32))
     box2, _ = det.predict(big)
-    np.testing.assert_allclose(box2, _pixel_box((2 * rect[0], 2 * rect[1], 2 * rect[2] + 1, 2 * rect[3] + 1)),
-                               atol=2 * tol)
+    np.testing.assert_allclose(
+        box2, _pixel_box((2 * rect[0], 2 * rect[1], 2 * rect[2] + 1, 2 * rect[3] + 1)), atol=2 * tol
+    )
     # Padded on the left and at the top (now non-square): the box moves by the padding.
     padded = np.pad(img, ((37, 0), (101, 0)), constant_values=0.2)
     box3, _ = det.predict(padded)
@@ -169,8 +172,14 @@ def test_training_and_evaluation_run_offline(tiny_dataset, tmp_path, monkeypatch
     monkeypatch.chdir(cwd)
     out, models = tmp_path / "out", tmp_path / "models"
     tracking_uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    overrides = dict(dataset_dir=str(tiny_dataset), output_dir=str(out), models_dir=str(models),
-                     split_fractions=FRACTIONS, tracking_uri=tracking_uri, mlflow_run_name="detector-test")
+    overrides = dict(
+        dataset_dir=str(tiny_dataset),
+        output_dir=str(out),
+        models_dir=str(models),
+        split_fractions=FRACTIONS,
+        tracking_uri=tracking_uri,
+        mlflow_run_name="detector-test",
+    )
     common, stage, tiny = (str(CONFIGS / f) for f in ("common.yaml", "detector.yaml", "profiles/tiny.yaml"))
     run(config_file=[common, stage, tiny], **overrides)
     run(config_file=[common, stage, str(CONFIGS / "detector_evaluate.yaml"), tiny], **overrides)
@@ -196,7 +205,8 @@ def test_training_and_evaluation_run_offline(tiny_dataset, tmp_path, monkeypatch
     box, conf = det.predict(np.pad(img, ((0, 40), (0, 0)), constant_values=0.0))
     assert box is not None and box.shape == (4,) and 0.0 <= conf <= 1.0
     d = DetectNasalBoned(keys="image", weights=str(models / "detector.pt"), crop_size=32, conf=0.0)(
-        {"image": torch.from_numpy(img)[None]})
+        {"image": torch.from_numpy(img)[None]}
+    )
     assert d["crop"].shape == (1, 32, 32) and d["image"].shape == (1, *img.shape)
     x1, y1, x2, y2 = d["box"]
     assert x2 - x1 == pytest.approx(y2 - y1) and d["box_source"] == "detector"

@@ -131,8 +131,10 @@ def test_evaluate_binary_writes_json_and_figures(tmp_path) -> None:
 
 def test_output_collector_reads_outputs_and_batch_keys() -> None:
     collector = OutputCollector(keys=("pred", "label", "patient_id"))
-    output = [{"pred": torch.tensor([0.8]), "label": torch.tensor([1.0])}, {"pred": torch.tensor([0.1]),
-                                                                            "label": torch.tensor([0.0])}]
+    output = [
+        {"pred": torch.tensor([0.8]), "label": torch.tensor([1.0])},
+        {"pred": torch.tensor([0.1]), "label": torch.tensor([0.0])},
+    ]
     batch = [{"patient_id": "P1"}, {"patient_id": "P2"}]
     engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=batch))
     collector(engine)

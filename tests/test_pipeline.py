@@ -116,6 +116,10 @@ def test_mlflow_server_has_parent_and_nested_stage_runs(trained, mlflow_server) 
     classifier = next(r for r in children if r.data.tags["stage"] == "classifier")
     assert classifier.data.metrics  # per-epoch metrics landed in the nested run
     assert any(k.startswith("classifier") for k in classifier.data.params)
+    gdc2 = next(r for r in children if r.data.tags["stage"] == "gdc2")
+    assert any(k.startswith("gradcam/") for k in gdc2.data.metrics)  # the localisation table is in the stage's run
+    top_level = [r for r in client.search_runs([parent.info.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in top_level] == [parent.info.run_id]  # no stray runs beside the pipeline's
 
 
 def test_rerun_skips_stages_with_weights(trained, tiny_dataset, mlflow_server) -> None:

@@ -51,8 +51,13 @@ class ConvNet(nn.Module):
     (global, replaced by max pooling when asked), ``_dropout`` and ``_fc``.
     """
 
-    def __init__(self, in_channels: int, channels: tuple[int, ...] = (16, 32, 64, 128, 128),
-                 bn_momentum: float = 0.1, bn_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: tuple[int, ...] = (16, 32, 64, 128, 128),
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         norm = ("batch", {"momentum": bn_momentum, "eps": bn_eps})
         layers: list[nn.Module] = []
@@ -86,7 +91,8 @@ class FractureClassifier(nn.Module):
         fix_depthwise_init: initialise depthwise convolutions with their real fan-out (k*k); MONAI's port uses
             k*k*channels, which makes them about sqrt(channels) times too small.
         pooling: global pooling before the output layer, ``"avg"`` (EfficientNet's) or ``"max"``.
-        Only the first four and ``pooling`` change what a trained network computes; the rest shape training and are recorded.
+        Only the first four and ``pooling`` change what a trained network computes; the rest shape training
+        and are recorded.
     """
 
     target_layer = "head_act"
@@ -115,11 +121,18 @@ class FractureClassifier(nn.Module):
         if std <= 0:
             raise ValueError(f"std must be positive, got {std}")
         self.config = {
-            "model_name": model_name, "in_channels_mode": in_channels_mode, "mean": float(mean), "std": float(std),
-            "bn_momentum": float(bn_momentum), "bn_eps": float(bn_eps),
-            "input_size": None if input_size is None else int(input_size), "highpass_sigma": float(highpass_sigma),
-            "dropout_rate": dropout_rate, "drop_connect_rate": drop_connect_rate,
-            "zero_init_residual": bool(zero_init_residual), "fix_depthwise_init": bool(fix_depthwise_init),
+            "model_name": model_name,
+            "in_channels_mode": in_channels_mode,
+            "mean": float(mean),
+            "std": float(std),
+            "bn_momentum": float(bn_momentum),
+            "bn_eps": float(bn_eps),
+            "input_size": None if input_size is None else int(input_size),
+            "highpass_sigma": float(highpass_sigma),
+            "dropout_rate": dropout_rate,
+            "drop_connect_rate": drop_connect_rate,
+            "zero_init_residual": bool(zero_init_residual),
+            "fix_depthwise_init": bool(fix_depthwise_init),
             "pooling": pooling,
         }
         self.in_channels = 3 if in_channels_mode == "rgb" else 1
@@ -128,8 +141,13 @@ class FractureClassifier(nn.Module):
             self.head_act = nn.ReLU()
         else:
             self.net = EfficientNetBN(
-                model_name, pretrained=False, progress=False, spatial_dims=2, in_channels=self.in_channels,
-                num_classes=1, norm=("batch", {"eps": bn_eps, "momentum": bn_momentum}),
+                model_name,
+                pretrained=False,
+                progress=False,
+                spatial_dims=2,
+                in_channels=self.in_channels,
+                num_classes=1,
+                norm=("batch", {"eps": bn_eps, "momentum": bn_momentum}),
             )
             # The head's own activation (EfficientNet's ``_swish`` also serves the stem): hookable, parameter-free.
             self.head_act = copy.deepcopy(self.net._swish)
@@ -166,8 +184,9 @@ class FractureClassifier(nn.Module):
         if self.blur_kernel.numel() > 1:
             k = self.blur_kernel.to(x.dtype)
             r = k.shape[-1] // 2
-            blurred = F.conv2d(F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), k[None, None, None, :]),
-                               k[None, None, :, None])
+            blurred = F.conv2d(
+                F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), k[None, None, None, :]), k[None, None, :, None]
+            )
             x = x - blurred
         x = (x - self.config["mean"]) / self.config["std"]
         return x.expand(-1, self.in_channels, -1, -1)
@@ -239,8 +258,13 @@ def save_classifier(path: str | Path, model: FractureClassifier, threshold: floa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {"format": CHECKPOINT_FORMAT, "config": dict(model.config), "state_dict": state,
-            "threshold": float(threshold), "info": dict(info or {})}
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "config": dict(model.config),
+        "state_dict": state,
+        "threshold": float(threshold),
+        "info": dict(info or {}),
+    }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
@@ -329,8 +353,15 @@ def export_classifier(
         **(extra or {}),
     }
     path = save_classifier(out_path, network, threshold, info)
-    logger.info("classifier: threshold %.4f (%s on %d validation crops: sensitivity %.3f, specificity %.3f) -> %s",
-                threshold, rule, len(val["label"]), figures["sensitivity"], figures["specificity"], path)
+    logger.info(
+        "classifier: threshold %.4f (%s on %d validation crops: sensitivity %.3f, specificity %.3f) -> %s",
+        threshold,
+        rule,
+        len(val["label"]),
+        figures["sensitivity"],
+        figures["specificity"],
+        path,
+    )
     return path
 
 
@@ -352,8 +383,10 @@ def evaluate_classifier(
 
     crops = crops_info(crops_csv)
     if info.get("crop_size") and crops.get("size") and int(info["crop_size"]) != int(crops["size"]):
-        raise ValueError(f"classifier was trained on {info['crop_size']} px crops but {crops_csv} holds "
-                         f"{crops['size']} px crops: set crop_size to {info['crop_size']}")
+        raise ValueError(
+            f"classifier was trained on {info['crop_size']} px crops but {crops_csv} holds "
+            f"{crops['size']} px crops: set crop_size to {info['crop_size']}"
+        )
     prob = [float(p[0] if isinstance(p, list) else p) for p in collected["pred"]]
     label = [int(round(float(y[0] if isinstance(y, list) else y))) for y in collected["label"]]
     extra = {
@@ -368,5 +401,15 @@ def evaluate_classifier(
         "validation_at_threshold": info.get("validation"),
         "model": info.get("config"),
     }
-    return evaluate_binary(label, prob, collected["patient_id"], info["threshold"], out_dir, "evaluation",
-                           n_resamples=n_resamples, seed=seed, extra=extra, title="Classifier C, test split")
+    return evaluate_binary(
+        label,
+        prob,
+        collected["patient_id"],
+        info["threshold"],
+        out_dir,
+        "evaluation",
+        n_resamples=n_resamples,
+        seed=seed,
+        extra=extra,
+        title="Classifier C, test split",
+    )

@@ -99,7 +99,7 @@ class Letterbox:
         if (nh, nw) != img.shape:
             img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
         out = np.full((self.imgsz, self.imgsz), PAD_VALUE, dtype=np.uint8)
-        out[self.top:self.top + nh, self.left:self.left + nw] = img
+        out[self.top : self.top + nh, self.left : self.left + nw] = img
         return out
 
 
@@ -133,8 +133,9 @@ def _build_model(ckpt: dict):
     return model.float().eval()
 
 
-def save_detector(ultralytics_weights: str | Path, out_path: str | Path, imgsz: int, margin: float,
-                  info: dict | None = None) -> Path:
+def save_detector(
+    ultralytics_weights: str | Path, out_path: str | Path, imgsz: int, margin: float, info: dict | None = None
+) -> Path:
     """Convert an Ultralytics ``best.pt`` into the bundle's self-describing ``detector.pt`` (+ ``detector.json``)."""
     prepare_ultralytics(None)
     from ultralytics.nn.tasks import load_checkpoint
@@ -155,8 +156,14 @@ def save_detector(ultralytics_weights: str | Path, out_path: str | Path, imgsz: 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out)
-    meta = {"format": CHECKPOINT_FORMAT, "model": model.yaml.get("yaml_file", ""), "imgsz": int(imgsz),
-            "margin": float(margin), "names": names, **(info or {})}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.yaml.get("yaml_file", ""),
+        "imgsz": int(imgsz),
+        "margin": float(margin),
+        "names": names,
+        **(info or {}),
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -209,9 +216,18 @@ class DetectNasalBoned(MapTransform):
     (``box_source`` says so), ``on_miss="raise"`` raises.
     """
 
-    def __init__(self, keys: KeysCollection = "image", weights: str = "", crop_size: int = 256,
-                 imgsz: int | None = None, conf: float = 0.05, device=None, crop_key: str = "crop",
-                 on_miss: str = "full", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        weights: str = "",
+        crop_size: int = 256,
+        imgsz: int | None = None,
+        conf: float = 0.05,
+        device=None,
+        crop_key: str = "crop",
+        on_miss: str = "full",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError("DetectNasalBoned works on one image key")
@@ -245,8 +261,9 @@ class DetectNasalBoned(MapTransform):
 class MlflowRun:
     """The newest unfinished run named ``run_name`` in ``experiment_name`` (created if missing)."""
 
-    def __init__(self, tracking_uri: str | None, experiment_name: str, run_name: str,
-                 artifact_location: str | None = None):
+    def __init__(
+        self, tracking_uri: str | None, experiment_name: str, run_name: str, artifact_location: str | None = None
+    ):
         self.client = None
         if not tracking_uri:
             return
@@ -258,12 +275,13 @@ class MlflowRun:
         if exp is None:
             location = artifact_location
             if location is None and tracking_uri.startswith("sqlite:///"):  # never ./mlruns in the working directory
-                location = str(Path(tracking_uri[len("sqlite:///"):]).parent.resolve() / "mlruns")
+                location = str(Path(tracking_uri[len("sqlite:///") :]).parent.resolve() / "mlruns")
             exp_id = self.client.create_experiment(experiment_name, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        runs = self.client.search_runs([exp_id], filter_string=f"attributes.run_name = '{run_name}'",
-                                       order_by=["attributes.start_time DESC"])
+        runs = self.client.search_runs(
+            [exp_id], filter_string=f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"]
+        )
         open_runs = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
         self.owned = not open_runs
         run = open_runs[0] if open_runs else self.client.create_run(exp_id, run_name=run_name)
@@ -403,18 +421,36 @@ class DetectorTraining:
         self.model, self.margin, self.threads = model, float(margin), threads
         self.salt_pepper = {"prob": 0.0, "amount": 0.05, **(salt_pepper or {})}
         self.args = {
-            **(train_args or {}), **(augment or {}),
-            "imgsz": int(imgsz), "epochs": int(epochs), "batch": int(batch), "optimizer": optimizer, "lr0": float(lr0),
-            "seed": int(seed), "amp": False, "pretrained": False, "close_mosaic": 0, "exist_ok": True,
-            "project": str(self.run_dir.parent.resolve()), "name": self.run_dir.name,
+            **(train_args or {}),
+            **(augment or {}),
+            "imgsz": int(imgsz),
+            "epochs": int(epochs),
+            "batch": int(batch),
+            "optimizer": optimizer,
+            "lr0": float(lr0),
+            "seed": int(seed),
+            "amp": False,
+            "pretrained": False,
+            "close_mosaic": 0,
+            "exist_ok": True,
+            "project": str(self.run_dir.parent.resolve()),
+            "name": self.run_dir.name,
         }
         self.device = ultralytics_device(device)
         self.mlflow = (tracking_uri, experiment_name, run_name, artifact_location)
 
     def fingerprint(self) -> str:
         keep = {k: v for k, v in self.args.items() if k not in ("workers", "cache", "plots", "project", "name")}
-        text = json.dumps({"model": self.model, "args": keep, "salt_pepper": self.salt_pepper, "margin": self.margin,
-                           "data": Path(self.data_yaml).parent.joinpath("export.json").read_text()}, sort_keys=True)
+        text = json.dumps(
+            {
+                "model": self.model,
+                "args": keep,
+                "salt_pepper": self.salt_pepper,
+                "margin": self.margin,
+                "data": Path(self.data_yaml).parent.joinpath("export.json").read_text(),
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def run(self) -> dict:
@@ -428,9 +464,15 @@ class DetectorTraining:
         last, best = self.run_dir / "weights" / "last.pt", self.run_dir / "weights" / "best.pt"
         same = state.get("fingerprint") == key
         mlf = MlflowRun(*self.mlflow)
-        mlf.log_params({"model": self.model, "margin": self.margin, "threads": n,
-                        **{f"salt_pepper_{k}": v for k, v in self.salt_pepper.items()},
-                        **{k: v for k, v in self.args.items() if k not in ("project", "name", "exist_ok")}})
+        mlf.log_params(
+            {
+                "model": self.model,
+                "margin": self.margin,
+                "threads": n,
+                **{f"salt_pepper_{k}": v for k, v in self.salt_pepper.items()},
+                **{k: v for k, v in self.args.items() if k not in ("project", "name", "exist_ok")},
+            }
+        )
         t0 = time.perf_counter()
         try:
             trainer = _trainer_class(self.salt_pepper["prob"], self.salt_pepper["amount"], self.args["seed"])
@@ -440,12 +482,22 @@ class DetectorTraining:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"fingerprint": key, "complete": False}))
             yolo = YOLO(str(last) if resume else self.model, task="detect")
-            yolo.add_callback("on_fit_epoch_end", lambda tr: mlf.log_metrics(
-                {**tr.label_loss_items(tr.tloss, prefix="train"), **tr.metrics, **tr.lr}, step=tr.epoch + 1))
+            yolo.add_callback(
+                "on_fit_epoch_end",
+                lambda tr: mlf.log_metrics(
+                    {**tr.label_loss_items(tr.tloss, prefix="train"), **tr.metrics, **tr.lr}, step=tr.epoch + 1
+                ),
+            )
             if resume:
                 logger.info("detector: resuming the interrupted run from %s", last)
-                yolo.train(resume=True, trainer=trainer, data=self.data_yaml, device=self.device,
-                           workers=self.args.get("workers", 0), cache=self.args.get("cache", False))
+                yolo.train(
+                    resume=True,
+                    trainer=trainer,
+                    data=self.data_yaml,
+                    device=self.device,
+                    workers=self.args.get("workers", 0),
+                    cache=self.args.get("cache", False),
+                )
             else:
                 yolo.train(trainer=trainer, data=self.data_yaml, device=self.device, **self.args)
         except BaseException:
@@ -454,12 +506,21 @@ class DetectorTraining:
         seconds = time.perf_counter() - t0
         rows = _results(self.run_dir)
         final = rows[-1] if rows else {}
-        summary = {"mode": "resumed" if resume else "trained", "train_seconds": round(seconds, 1),
-                   "epochs_done": len(rows), "mAP50_val": float(final.get("metrics/mAP50(B)", "nan")),
-                   "mAP50_95_val": float(final.get("metrics/mAP50-95(B)", "nan"))}
+        summary = {
+            "mode": "resumed" if resume else "trained",
+            "train_seconds": round(seconds, 1),
+            "epochs_done": len(rows),
+            "mAP50_val": float(final.get("metrics/mAP50(B)", "nan")),
+            "mAP50_95_val": float(final.get("metrics/mAP50-95(B)", "nan")),
+        }
         state_file.write_text(json.dumps({"fingerprint": key, "complete": True, **summary}))
-        save_detector(best if best.is_file() else last, self.weights_out, self.args["imgsz"], self.margin,
-                      {"run_dir": str(self.run_dir), **summary})
+        save_detector(
+            best if best.is_file() else last,
+            self.weights_out,
+            self.args["imgsz"],
+            self.margin,
+            {"run_dir": str(self.run_dir), **summary},
+        )
         mlf.log_metrics({"train_seconds": seconds})
         mlf.close()
         logger.info("detector: %s in %.0f s, weights %s", summary["mode"], seconds, self.weights_out)
@@ -471,21 +532,36 @@ class DetectorTraining:
 # ----------------------------------------------------------------------------------------------
 
 
-def ultralytics_map(model, data_yaml: str, split: str, imgsz: int, out_dir: str | Path, device=None,
-                    batch: int = 16) -> dict:
+def ultralytics_map(
+    model, data_yaml: str, split: str, imgsz: int, out_dir: str | Path, device=None, batch: int = 16
+) -> dict:
     """mAP50 and mAP50-95 of an in-memory detection model on an exported split (Ultralytics' validator)."""
     prepare_ultralytics(Path(out_dir) / "ultralytics")
     import copy
 
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    args = {"data": data_yaml, "split": split, "imgsz": imgsz, "batch": batch, "conf": 0.001, "iou": 0.7,
-            "plots": False, "save_json": False, "device": ultralytics_device(device), "verbose": False,
-            "project": str(Path(out_dir).resolve()), "name": f"val_{split}", "exist_ok": True}
+    args = {
+        "data": data_yaml,
+        "split": split,
+        "imgsz": imgsz,
+        "batch": batch,
+        "conf": 0.001,
+        "iou": 0.7,
+        "plots": False,
+        "save_json": False,
+        "device": ultralytics_device(device),
+        "verbose": False,
+        "project": str(Path(out_dir).resolve()),
+        "name": f"val_{split}",
+        "exist_ok": True,
+    }
     validator = DetectionValidator(args=args)
     stats = validator(model=copy.deepcopy(model))
-    return {"mAP50": float(stats.get("metrics/mAP50(B)", float("nan"))),
-            "mAP50_95": float(stats.get("metrics/mAP50-95(B)", float("nan")))}
+    return {
+        "mAP50": float(stats.get("metrics/mAP50(B)", float("nan"))),
+        "mAP50_95": float(stats.get("metrics/mAP50-95(B)", float("nan"))),
+    }
 
 
 def _draw_tile(image01: np.ndarray, pred, gt, points, tile: int, text: str) -> np.ndarray:
@@ -493,8 +569,11 @@ def _draw_tile(image01: np.ndarray, pred, gt, points, tile: int, text: str) -> n
 
     h, w = image01.shape
     f = tile / max(h, w)
-    img = Image.fromarray(np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)).resize(
-        (round(w * f), round(h * f)), Image.BILINEAR).convert("RGB")
+    img = (
+        Image.fromarray(np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8))
+        .resize((round(w * f), round(h * f)), Image.BILINEAR)
+        .convert("RGB")
+    )
     canvas = Image.new("RGB", (tile, tile))
     canvas.paste(img, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -513,8 +592,9 @@ def _draw_tile(image01: np.ndarray, pred, gt, points, tile: int, text: str) -> n
     return np.asarray(canvas)
 
 
-def save_prediction_grid(items: list[dict], path: str | Path, cols: int = 4, tile: int = 320,
-                         zoom: bool = True) -> Path:
+def save_prediction_grid(
+    items: list[dict], path: str | Path, cols: int = 4, tile: int = 320, zoom: bool = True
+) -> Path:
     """A grid of tiles: predicted box (red), landmark box (green), nasion (cyan) and tip (yellow).
 
     With ``zoom`` each tile shows the region around the landmark box (3x its size) so that the boxes are readable.
@@ -538,7 +618,7 @@ def save_prediction_grid(items: list[dict], path: str | Path, cols: int = 4, til
         tiles.append(_draw_tile(img, pred, gt, pts, tile, it["text"]))
     while len(tiles) % cols:
         tiles.append(np.zeros_like(tiles[0]))
-    grid = np.concatenate([np.concatenate(tiles[r:r + cols], axis=1) for r in range(0, len(tiles), cols)], axis=0)
+    grid = np.concatenate([np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)], axis=0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return Path(path)
@@ -592,23 +672,44 @@ def evaluate_detector(
         ious.append(iou)
         inside.append(ok)
         confs.append(c)
-        per_image.append({"image": r["id"], "iou": round(iou, 4), "contains_both": int(ok), "confidence": round(c, 4),
-                          **dict(zip(("x1", "y1", "x2", "y2"), [""] * 4 if box is None else np.round(box, 2),
-                                     strict=True))})
+        per_image.append(
+            {
+                "image": r["id"],
+                "iou": round(iou, 4),
+                "contains_both": int(ok),
+                "confidence": round(c, 4),
+                **dict(zip(("x1", "y1", "x2", "y2"), [""] * 4 if box is None else np.round(box, 2), strict=True)),
+            }
+        )
         if len(shown) < n_show:
-            shown.append({"image": img, "pred": box, "gt": gt, "points": pts,
-                          "text": f"IoU {iou:.2f} conf {c:.2f}" + ("" if ok else " MISS")})
+            shown.append(
+                {
+                    "image": img,
+                    "pred": box,
+                    "gt": gt,
+                    "points": pts,
+                    "text": f"IoU {iou:.2f} conf {c:.2f}" + ("" if ok else " MISS"),
+                }
+            )
     out.mkdir(parents=True, exist_ok=True)
     maps = ultralytics_map(det.model, data_yaml, split, det.imgsz, out, device, batch)
     ious_a = np.asarray(ious)
     result = {
-        "split": split, "images": len(records), **maps,
-        "mean_iou": float(ious_a.mean()), "median_iou": float(np.median(ious_a)),
-        "iou_at_least_0.5": float((ious_a >= 0.5).mean()), "iou_at_least_0.75": float((ious_a >= 0.75).mean()),
+        "split": split,
+        "images": len(records),
+        **maps,
+        "mean_iou": float(ious_a.mean()),
+        "median_iou": float(np.median(ious_a)),
+        "iou_at_least_0.5": float((ious_a >= 0.5).mean()),
+        "iou_at_least_0.75": float((ious_a >= 0.75).mean()),
         "contains_both_landmarks": float(np.mean(inside)),
-        "failures": int(sum(c == 0.0 for c in confs)), "conf_threshold": conf,
-        "mean_confidence": float(np.mean(confs)), "ms_per_image": 1000.0 * seconds / max(len(records), 1),
-        "imgsz": det.imgsz, "margin": margin, "weights": str(weights),
+        "failures": int(sum(c == 0.0 for c in confs)),
+        "conf_threshold": conf,
+        "mean_confidence": float(np.mean(confs)),
+        "ms_per_image": 1000.0 * seconds / max(len(records), 1),
+        "imgsz": det.imgsz,
+        "margin": margin,
+        "weights": str(weights),
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     with open(out / f"evaluation_per_image_{split}.csv", "w", newline="") as f:
@@ -619,8 +720,11 @@ def evaluate_detector(
     mlf = MlflowRun(tracking_uri, experiment_name, run_name, artifact_location)
     mlf.log_metrics({f"{split}_{k}": v for k, v in result.items() if isinstance(v, (int, float)) and k != "images"})
     mlf.close()
-    logger.info("detector on %s: %s", split, {k: result[k] for k in ("mAP50", "mean_iou", "contains_both_landmarks",
-                                                                     "failures")})
+    logger.info(
+        "detector on %s: %s",
+        split,
+        {k: result[k] for k in ("mAP50", "mean_iou", "contains_both_landmarks", "failures")},
+    )
     return result
 
 
@@ -634,5 +738,13 @@ class DetectorEvaluation:
         return evaluate_detector(**self.kwargs)
 
 
-__all__ = ["CLASS_NAME", "DetectNasalBoned", "DetectorEvaluation", "DetectorTraining", "Letterbox", "NasalBoneDetector",
-           "evaluate_detector", "save_detector"]
+__all__ = [
+    "CLASS_NAME",
+    "DetectNasalBoned",
+    "DetectorEvaluation",
+    "DetectorTraining",
+    "Letterbox",
+    "NasalBoneDetector",
+    "evaluate_detector",
+    "save_detector",
+]

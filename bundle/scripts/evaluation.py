@@ -51,8 +51,12 @@ def confusion(y: Sequence[int], score: Sequence[float], threshold: float) -> dic
     """Counts ``tp, fn, tn, fp`` of ``score >= threshold`` against ``y``."""
     y = np.asarray(y).astype(bool)
     pred = np.asarray(score, dtype=np.float64) >= threshold
-    return {"tp": int((pred & y).sum()), "fn": int((~pred & y).sum()),
-            "tn": int((~pred & ~y).sum()), "fp": int((pred & ~y).sum())}
+    return {
+        "tp": int((pred & y).sum()),
+        "fn": int((~pred & y).sum()),
+        "tn": int((~pred & ~y).sum()),
+        "fp": int((pred & ~y).sum()),
+    }
 
 
 def _ratio(a: int, b: int) -> float:
@@ -75,8 +79,10 @@ def binary_metrics(y: Sequence[int], score: Sequence[float], threshold: float) -
 
 def confusion_sentence(counts: dict[str, int], positive: str = "fractures", negative: str = "normals") -> str:
     """The thesis's form: ``"75 of 84 fractures, 81 of 84 normals called correctly"``."""
-    return (f"{counts['tp']} of {counts['tp'] + counts['fn']} {positive}, "
-            f"{counts['tn']} of {counts['tn'] + counts['fp']} {negative} called correctly")
+    return (
+        f"{counts['tp']} of {counts['tp'] + counts['fn']} {positive}, "
+        f"{counts['tn']} of {counts['tn'] + counts['fp']} {negative} called correctly"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,8 +105,9 @@ def candidate_thresholds(score: Sequence[float]) -> np.ndarray:
     return np.concatenate([[low], mids, [high]])
 
 
-def choose_threshold(y: Sequence[int], score: Sequence[float], rule: str = "youden",
-                     target_sensitivity: float | None = None) -> tuple[float, dict]:
+def choose_threshold(
+    y: Sequence[int], score: Sequence[float], rule: str = "youden", target_sensitivity: float | None = None
+) -> tuple[float, dict]:
     """Pick the operating threshold on validation data; return ``(threshold, figures at it)``.
 
     ``rule="youden"``: maximise sensitivity + specificity - 1, ties to the lower threshold.
@@ -124,8 +131,14 @@ def choose_threshold(y: Sequence[int], score: Sequence[float], rule: str = "youd
     else:
         raise ValueError(f"threshold rule must be 'youden' or 'sensitivity', got '{rule}'")
     t = float(thresholds[i])
-    info = {"rule": rule, "target_sensitivity": target_sensitivity, "threshold": t,
-            "youden_j": float(sens[i] + spec[i] - 1), **binary_metrics(y, score, t), **confusion(y, score, t)}
+    info = {
+        "rule": rule,
+        "target_sensitivity": target_sensitivity,
+        "threshold": t,
+        "youden_j": float(sens[i] + spec[i] - 1),
+        **binary_metrics(y, score, t),
+        **confusion(y, score, t),
+    }
     return t, info
 
 
@@ -145,8 +158,15 @@ def patient_bootstrap_indices(patient_ids: Sequence, n_resamples: int = 2000, se
         yield np.concatenate([members[k] for k in drawn])
 
 
-def bootstrap_ci(y: Sequence[int], score: Sequence[float], patient_ids: Sequence, threshold: float,
-                 n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+def bootstrap_ci(
+    y: Sequence[int],
+    score: Sequence[float],
+    patient_ids: Sequence,
+    threshold: float,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict]:
     """Point value and percentile CI of every ``binary_metrics`` figure, resampling patients.
 
     Resamples where a figure is undefined (e.g. no fracture drawn) are left out of that figure's
@@ -163,9 +183,13 @@ def bootstrap_ci(y: Sequence[int], score: Sequence[float], patient_ids: Sequence
     for k, v in draws.items():
         vals = np.asarray(v, dtype=np.float64)
         finite = vals[np.isfinite(vals)]
-        lo, hi = (np.quantile(finite, [alpha, 1 - alpha]) if finite.size else (np.nan, np.nan))
-        out[k] = {"value": point[k], "ci_low": float(lo), "ci_high": float(hi),
-                  "n_undefined": int(vals.size - finite.size)}
+        lo, hi = np.quantile(finite, [alpha, 1 - alpha]) if finite.size else (np.nan, np.nan)
+        out[k] = {
+            "value": point[k],
+            "ci_low": float(lo),
+            "ci_high": float(hi),
+            "n_undefined": int(vals.size - finite.size),
+        }
     return out
 
 
@@ -187,8 +211,15 @@ def calibration(y: Sequence[int], score: Sequence[float], n_bins: int = 10) -> d
         rate = float(y_arr[sel].mean()) if n else float("nan")
         if n:
             ece += n / len(s_arr) * abs(rate - mean_pred)
-        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n,
-                     "mean_predicted": mean_pred, "observed_rate": rate})
+        bins.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": n,
+                "mean_predicted": mean_pred,
+                "observed_rate": rate,
+            }
+        )
     return {"brier": float(np.mean((s_arr - y_arr) ** 2)), "ece": float(ece), "n_bins": n_bins, "bins": bins}
 
 
@@ -217,8 +248,13 @@ def plot_roc(path: str | Path, y, score, threshold: float, ci: dict | None = Non
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
     ax.step(fpr, tpr, where="post", lw=2, label=auc_txt)
-    ax.plot(1 - m["specificity"], m["sensitivity"], "o", color="C3",
-            label=f"threshold {threshold:.3f}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}")
+    ax.plot(
+        1 - m["specificity"],
+        m["sensitivity"],
+        "o",
+        color="C3",
+        label=f"threshold {threshold:.3f}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}",
+    )
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
@@ -236,20 +272,31 @@ def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = 
 
     cal = calibration(y, score, n_bins)
     bins = [b for b in cal["bins"] if b["count"]]
-    fig, (ax, ax_h) = plt.subplots(2, 1, figsize=(4.5, 5.5), dpi=120, sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax_h) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="perfect calibration")
-    ax.plot([b["mean_predicted"] for b in bins], [b["observed_rate"] for b in bins], "o-", color="C0",
-            label=f"Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}")
+    ax.plot(
+        [b["mean_predicted"] for b in bins],
+        [b["observed_rate"] for b in bins],
+        "o-",
+        color="C0",
+        label=f"Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}",
+    )
     for b in bins:
-        ax.annotate(str(b["count"]), (b["mean_predicted"], b["observed_rate"]), textcoords="offset points",
-                    xytext=(4, -10), fontsize=6, color="0.3")
+        ax.annotate(
+            str(b["count"]),
+            (b["mean_predicted"], b["observed_rate"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=6,
+            color="0.3",
+        )
     ax.set(ylabel="observed fracture rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="upper left", fontsize=7)
     y_arr, s_arr = np.asarray(y).astype(bool), np.asarray(score, dtype=np.float64)
     edges = np.linspace(0, 1, n_bins + 1)
-    ax_h.hist([s_arr[~y_arr], s_arr[y_arr]], bins=edges, stacked=True, color=["C2", "C3"],
-              label=["normal", "fracture"])
+    ax_h.hist([s_arr[~y_arr], s_arr[y_arr]], bins=edges, stacked=True, color=["C2", "C3"], label=["normal", "fracture"])
     ax_h.set(xlabel="predicted fracture probability", ylabel="images")
     ax_h.legend(fontsize=7)
     fig.tight_layout()
@@ -263,9 +310,19 @@ def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = 
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Sequence, threshold: float,
-                    out_dir: str | Path, name: str = "evaluation", n_resamples: int = 2000, seed: int = 0,
-                    n_bins: int = 10, extra: dict | None = None, title: str = "") -> dict:
+def evaluate_binary(
+    y: Sequence[int],
+    score: Sequence[float],
+    patient_ids: Sequence,
+    threshold: float,
+    out_dir: str | Path,
+    name: str = "evaluation",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    n_bins: int = 10,
+    extra: dict | None = None,
+    title: str = "",
+) -> dict:
     """Metrics with patient-bootstrap CIs, confusion, calibration; writes ``<name>.json``, ROC and calibration PNGs
     and the reliability table ``<name>_calibration.csv`` into ``out_dir``."""
     out = Path(out_dir)
@@ -275,8 +332,9 @@ def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Seque
     ci = bootstrap_ci(y_arr, s_arr, patient_ids, threshold, n_resamples, seed)
     cal = calibration(y_arr, s_arr, n_bins)
     roc_png = plot_roc(out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip())
-    cal_png = plot_calibration(out / f"{name}_calibration.png", y_arr, s_arr, n_bins,
-                               title=f"{title} calibration".strip())
+    cal_png = plot_calibration(
+        out / f"{name}_calibration.png", y_arr, s_arr, n_bins, title=f"{title} calibration".strip()
+    )
     with open(out / f"{name}_calibration.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(cal["bins"][0]))
         writer.writeheader()
@@ -292,13 +350,23 @@ def evaluate_binary(y: Sequence[int], score: Sequence[float], patient_ids: Seque
         "confusion": counts,
         "confusion_text": confusion_sentence(counts),
         "calibration": {k: v for k, v in cal.items() if k != "bins"},
-        "bootstrap": {"unit": "patient", "n_resamples": n_resamples, "seed": seed, "level": 0.95,
-                      "interval": "percentile"},
+        "bootstrap": {
+            "unit": "patient",
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "level": 0.95,
+            "interval": "percentile",
+        },
         "figures": {"roc": roc_png.name, "calibration": cal_png.name, "reliability_table": f"{name}_calibration.csv"},
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    logger.info("%s: AUC %.3f, accuracy %.3f; %s", name, ci["roc_auc"]["value"], ci["accuracy"]["value"],
-                result["confusion_text"])
+    logger.info(
+        "%s: AUC %.3f, accuracy %.3f; %s",
+        name,
+        ci["roc_auc"]["value"],
+        ci["accuracy"]["value"],
+        result["confusion_text"],
+    )
     return result
 
 

@@ -337,7 +337,12 @@ def log_to_mlflow(
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
-    run = client.create_run(exp_id, run_name=run_name)
+    # inside the chained pipeline the stage's nested run is open under this name: log into it (as MONAI's
+    # MLFlowHandler does); run on its own, the evaluation gets a run of its own
+    open_runs = client.search_runs(
+        [exp_id], filter_string=f"tags.mlflow.runName = '{run_name}' and attributes.status = 'RUNNING'", max_results=1
+    )
+    run = open_runs[0] if open_runs else client.create_run(exp_id, run_name=run_name)
     metrics = [
         mlflow.entities.Metric(f"{m}/{k}".replace("[", "_").replace("]", ""), float(v), 0, 0)
         for m, vals in result["methods"].items()
@@ -352,4 +357,5 @@ def log_to_mlflow(
     client.log_batch(run.info.run_id, metrics=metrics)
     for name in ("localisation.json", "localisation.md", "cases.png"):
         client.log_artifact(run.info.run_id, str(Path(out_dir) / name))
-    client.set_terminated(run.info.run_id)
+    if not open_runs:
+        client.set_terminated(run.info.run_id)

@@ -178,16 +178,30 @@ def _sample_anatomy(rng: np.random.Generator) -> Anatomy:
     phi = math.radians(_u(rng, 28, 42))
     length = _u(rng, 19, 27)
     anat = Anatomy(
-        vault=vault, nasion=nasion, phi=phi, length=length, h0=_u(rng, 1.1, 1.6), h1=_u(rng, 0.45, 0.7),
-        bulge=_u(rng, -0.6, 1.4), rho=_u(rng, 22, 34),
+        vault=vault,
+        nasion=nasion,
+        phi=phi,
+        length=length,
+        h0=_u(rng, 1.1, 1.6),
+        h1=_u(rng, 0.45, 0.7),
+        bulge=_u(rng, -0.6, 1.4),
+        rho=_u(rng, 22, 34),
     )
     _sample_profile(rng, anat)
     anat.bones = {
-        "sinus_w": _u(rng, 4, 8), "sinus_h": _u(rng, 8, 14), "orbit_r": _u(rng, 15, 19),
-        "palate_y": _u(rng, 52, 58), "teeth": _u(rng, 0.8, 1.2), "mand_dx": _u(rng, -5, 5),
-        "mand_dy": _u(rng, -5, 5), "teeth_phase": _u(rng, 0.2, 0.8),
-        "spine_tilt": _u(rng, -0.05, 0.2), "spine_x": _u(rng, -42, -32),
-        "fp_w": _u(rng, 3, 5.5), "fp_rho": _u(rng, 0.12, 0.25), "glabella": _u(rng, 2, 6),
+        "sinus_w": _u(rng, 4, 8),
+        "sinus_h": _u(rng, 8, 14),
+        "orbit_r": _u(rng, 15, 19),
+        "palate_y": _u(rng, 52, 58),
+        "teeth": _u(rng, 0.8, 1.2),
+        "mand_dx": _u(rng, -5, 5),
+        "mand_dy": _u(rng, -5, 5),
+        "teeth_phase": _u(rng, 0.2, 0.8),
+        "spine_tilt": _u(rng, -0.05, 0.2),
+        "spine_x": _u(rng, -42, -32),
+        "fp_w": _u(rng, 3, 5.5),
+        "fp_rho": _u(rng, 0.12, 0.25),
+        "glabella": _u(rng, 2, 6),
         "phase": _u(rng, 0, 2 * math.pi),
     }
     return anat
@@ -226,8 +240,13 @@ def _sample_profile(rng: np.random.Generator, anat: Anatomy) -> None:
     anat.menton_y = lips[-1][1]
     ys = PROFILE_Y0 + PROFILE_DY * np.arange(PROFILE_N)
     anat.profile_tables = (anat.face(ys).astype(np.float32), anat.nose(ys).astype(np.float32))
-    anat.soft = {"face_w": _u(rng, 120, 140), "nose_w": _u(rng, 26, 36), "nose_r": _u(rng, 6, 11),
-                 "scalp": 6.0, "airway": _u(rng, 12, 25)}
+    anat.soft = {
+        "face_w": _u(rng, 120, 140),
+        "nose_w": _u(rng, 26, 36),
+        "nose_r": _u(rng, 6, 11),
+        "scalp": 6.0,
+        "airway": _u(rng, 12, 25),
+    }
 
 
 def _monotone_spline(points: list[tuple[float, float]]) -> PchipInterpolator:
@@ -242,8 +261,12 @@ def _sample_confounders(rng: np.random.Generator, anat: Anatomy) -> None:
     L = anat.length
     if rng.random() < 0.85:
         anat.nf_suture = Line(
-            s=_u(rng, -0.12, 0.1) * L, angle=math.radians(_u(rng, -30, 30)), width=_u(rng, 0.75, 1.6),
-            depth=_u(rng, 0.55, 1.0), jag_amp=_u(rng, 0.2, 0.6), jag_period=_u(rng, 0.8, 1.6),
+            s=_u(rng, -0.12, 0.1) * L,
+            angle=math.radians(_u(rng, -30, 30)),
+            width=_u(rng, 0.75, 1.6),
+            depth=_u(rng, 0.55, 1.0),
+            jag_amp=_u(rng, 0.2, 0.6),
+            jag_period=_u(rng, 0.8, 1.6),
         )
     if rng.random() < 0.8:
         anat.nm_suture = (_u(rng, 0.0, 0.3) * L, _u(rng, 0.7, 1.1) * L, _u(rng, 0.5, 1.2), _u(rng, 0.4, 0.9))
@@ -251,16 +274,26 @@ def _sample_confounders(rng: np.random.Generator, anat: Anatomy) -> None:
     if rng.random() < 0.75:
         for _ in range(int(rng.integers(1, 4))):
             s0 = _u(rng, 0.0, 0.5) * L
-            anat.grooves.append(Groove(
-                s0=s0, s1=s0 + _u(rng, 0.3, 0.6) * L, d0=_u(rng, -0.6, 0.6),
-                slope=math.tan(math.radians(_u(rng, -8, 8))), width=_u(rng, 0.4, 0.9), depth=_u(rng, 0.2, 0.6),
-            ))
+            anat.grooves.append(
+                Groove(
+                    s0=s0,
+                    s1=s0 + _u(rng, 0.3, 0.6) * L,
+                    d0=_u(rng, -0.6, 0.6),
+                    slope=math.tan(math.radians(_u(rng, -8, 8))),
+                    width=_u(rng, 0.4, 0.9),
+                    depth=_u(rng, 0.2, 0.6),
+                )
+            )
 
 
 def _fracture_line(rng: np.random.Generator, s: float) -> Line:
     return Line(
-        s=s, angle=math.radians(_u(rng, -35, 35)), width=_u(rng, 1.5, 3.2) / 2.05, depth=_u(rng, 0.7, 1.0),
-        jag_amp=_u(rng, 0.0, 0.35), jag_period=_u(rng, 0.8, 2.0),
+        s=s,
+        angle=math.radians(_u(rng, -35, 35)),
+        width=_u(rng, 1.5, 3.2) / 2.05,
+        depth=_u(rng, 0.7, 1.0),
+        jag_amp=_u(rng, 0.0, 0.35),
+        jag_period=_u(rng, 0.8, 2.0),
     )
 
 
@@ -289,14 +322,23 @@ def _sample_view(rng: np.random.Generator, base: dict[str, float], size: int) ->
     shift = (base["dx"] + _u(rng, -0.03, 0.03), base["dy"] + _u(rng, -0.03, 0.03))
     n_edges = int(rng.choice([0, 1, 2], p=[0.4, 0.35, 0.25]))
     edges = rng.choice(["top", "bottom", "left", "right"], size=n_edges, replace=False)
-    coll = [(str(e), _u(rng, 0.02, 0.1), _u(rng, 0.0, 0.08) if rng.random() < 0.5 else _u(rng, 0.85, 1.0))
-            for e in edges]
+    coll = [
+        (str(e), _u(rng, 0.02, 0.1), _u(rng, 0.0, 0.08) if rng.random() < 0.5 else _u(rng, 0.85, 1.0)) for e in edges
+    ]
     return View(
-        scale=scale, theta=theta, centre=(size * (0.5 + shift[0]), size * (0.5 + shift[1])),
-        energy=_u(rng, 0.85, 1.15), exposure=_u(rng, 0.22, 0.45), window=_u(rng, 0.85, 1.1),
-        gamma=_u(rng, 0.75, 1.3), compress=_u(rng, 0.0, 0.5),
-        blur=_u(rng, 0.5, 1.5), photons=float(np.exp(rng.uniform(np.log(300), np.log(3000)))),
-        texture=_u(rng, 0.05, 0.2), collimation=coll, markers=int(rng.integers(0, 3)),
+        scale=scale,
+        theta=theta,
+        centre=(size * (0.5 + shift[0]), size * (0.5 + shift[1])),
+        energy=_u(rng, 0.85, 1.15),
+        exposure=_u(rng, 0.22, 0.45),
+        window=_u(rng, 0.85, 1.1),
+        gamma=_u(rng, 0.75, 1.3),
+        compress=_u(rng, 0.0, 0.5),
+        blur=_u(rng, 0.5, 1.5),
+        photons=float(np.exp(rng.uniform(np.log(300), np.log(3000)))),
+        texture=_u(rng, 0.05, 0.2),
+        collimation=coll,
+        markers=int(rng.integers(0, 3)),
     )
 
 
@@ -475,17 +517,20 @@ def _face_bones(anat: Anatomy, fr: Frame, bone: Array) -> None:
         return 6 * line * _ramp(U - (nx - 70), 8) * _ramp((nx - 12) - U, 6)
 
     def petrous(U: Array, V: Array) -> Array:
-        return 9 * _chord(*_local(U, V, nx - 105, ny + 8, 0.35), 26, 9) \
-            + 6 * _chord(*_local(U, V, nx - 112, ny + 22, 0.1), 12, 10)
+        return 9 * _chord(*_local(U, V, nx - 105, ny + 8, 0.35), 26, 9) + 6 * _chord(
+            *_local(U, V, nx - 112, ny + 22, 0.1), 12, 10
+        )
 
     def sella(U: Array, V: Array) -> Array:
         su, sv = U - (nx - 75), V - (ny - 10)
         return 10 * np.clip(1 - np.abs(np.sqrt(su * su + sv * sv) - 6) * (1 / 1.3), 0, 1) * _ramp(sv, 3)
 
     def maxilla(U: Array, V: Array) -> Array:
-        return 6 * _chord(*_local(U, V, nx - 32, ny + 40, -0.15), 34, 21) \
-            - 4 * _chord(*_local(U, V, nx - 34, ny + 36, -0.1), 21, 13) \
-            + 7 * _chord(*_local(U, V, nx - 40, ny + 31, -0.35), 20, 6)  # zygoma
+        return (
+            6 * _chord(*_local(U, V, nx - 32, ny + 40, -0.15), 34, 21)
+            - 4 * _chord(*_local(U, V, nx - 34, ny + 36, -0.1), 21, 13)
+            + 7 * _chord(*_local(U, V, nx - 40, ny + 31, -0.35), 20, 6)
+        )  # zygoma
 
     py = ny + bn["palate_y"]
 
@@ -522,8 +567,17 @@ def _mandible(anat: Anatomy, fr: Frame, bone: Array) -> None:
     """Mandible as a cortical tube along condyle - gonion - symphysis."""
     nx, ny = anat.nasion
     dx, dy = anat.bones["mand_dx"], anat.bones["mand_dy"]
-    pts = np.array([[nx - 95, ny + 8], [nx - 92, ny + 40], [nx - 85, ny + 86], [nx - 60, ny + 100],
-                    [nx - 25, ny + 110], [nx - 6, ny + 108], [nx - 3, ny + 88]]) + [dx, dy]
+    pts = np.array(
+        [
+            [nx - 95, ny + 8],
+            [nx - 92, ny + 40],
+            [nx - 85, ny + 86],
+            [nx - 60, ny + 100],
+            [nx - 25, ny + 110],
+            [nx - 6, ny + 108],
+            [nx - 3, ny + 88],
+        ]
+    ) + [dx, dy]
     sl = fr.box(pts[:, 0].min() - 16, pts[:, 0].max() + 16, pts[:, 1].min() - 16, pts[:, 1].max() + 16)
     if sl is None:
         return
@@ -594,8 +648,13 @@ def _nasal_bone(anat: Anatomy, fr: Frame) -> tuple[tuple[slice, slice] | None, A
     off0 = d - (anat.bulge * 4) * t0 * (1 - t0)
     h0 = anat.h0 + (anat.h1 - anat.h0) * np.clip(t0, 0, 1)
     fp_w = anat.bones["fp_w"]
-    fp = (anat.rho * anat.bones["fp_rho"]) * _ramp(off0 + h0 + fp_w, 1.5) * _ramp(-h0 - off0 + 0.2, 0.4) \
-        * _ramp(s - 0.05 * L, 4) * _ramp(1.25 * L - s, 6)
+    fp = (
+        (anat.rho * anat.bones["fp_rho"])
+        * _ramp(off0 + h0 + fp_w, 1.5)
+        * _ramp(-h0 - off0 + 0.2, 0.4)
+        * _ramp(s - 0.05 * L, 4)
+        * _ramp(1.25 * L - s, 6)
+    )
     total = nasal + fp
     if anat.nm_suture is not None:
         s0, s1, w, depth = anat.nm_suture
@@ -750,9 +809,11 @@ def _collimate(img: Array, view: View, keep: tuple[float, float, float, float]) 
 
 
 FONT = {
-    "L": ["10000"] * 6 + ["11111"], "R": ["11110", "10001", "10001", "11110", "10100", "10010", "10001"],
+    "L": ["10000"] * 6 + ["11111"],
+    "R": ["11110", "10001", "10001", "11110", "10100", "10010", "10001"],
     "A": ["01110", "10001", "10001", "11111", "10001", "10001", "10001"],
-    "T": ["11111"] + ["00100"] * 6, "F": ["11111", "10000", "10000", "11110", "10000", "10000", "10000"],
+    "T": ["11111"] + ["00100"] * 6,
+    "F": ["11111", "10000", "10000", "11110", "10000", "10000", "10000"],
     "N": ["10001", "11001", "10101", "10011", "10001", "10001", "10001"],
     "0": ["01110", "10001", "10011", "10101", "11001", "10001", "01110"],
     "1": ["00100", "01100", "00100", "00100", "00100", "00100", "01110"],
@@ -764,7 +825,8 @@ FONT = {
     "7": ["11111", "00001", "00010", "00100", "01000", "01000", "01000"],
     "8": ["01110", "10001", "10001", "01110", "10001", "10001", "01110"],
     "9": ["01110", "10001", "10001", "01111", "00001", "00010", "01100"],
-    "-": ["00000"] * 3 + ["11111"] + ["00000"] * 3, " ": ["00000"] * 7,
+    "-": ["00000"] * 3 + ["11111"] + ["00000"] * 3,
+    " ": ["00000"] * 7,
 }
 _GLYPHS = {k: np.array([[c == "1" for c in row] for row in v]) for k, v in FONT.items()}
 
@@ -797,7 +859,7 @@ def _markers(img: Array, view: View, rng: np.random.Generator, keep: tuple[float
             x0 = margin if corner % 2 == 0 else size - margin - w
             clear = x0 + w < keep[0] - 10 or x0 > keep[2] + 10 or y0 + h < keep[1] - 10 or y0 > keep[3] + 10
             if clear:
-                img[y0:y0 + h, x0:x0 + w][bm] = value
+                img[y0 : y0 + h, x0 : x0 + w][bm] = value
                 break
             corners.append(corner)
 
@@ -818,8 +880,12 @@ def _render_view(anat: Anatomy, view: View, size: int, rng: np.random.Generator)
         mask[sl] = mask_box
     img = _detector(att, view, rng, top)
     nas_px, tip_px = fine.to_px(np.array([anat.nasion, tip_mm]))
-    keep = (min(nas_px[0], tip_px[0]) - 20, min(nas_px[1], tip_px[1]) - 20,
-            max(nas_px[0], tip_px[0]) + 20, max(nas_px[1], tip_px[1]) + 20)
+    keep = (
+        min(nas_px[0], tip_px[0]) - 20,
+        min(nas_px[1], tip_px[1]) - 20,
+        max(nas_px[0], tip_px[0]) + 20,
+        max(nas_px[1], tip_px[1]) + 20,
+    )
     _collimate(img, view, keep)
     _markers(img, view, rng, keep)
     frac = anat.fracture
@@ -829,8 +895,11 @@ def _render_view(anat: Anatomy, view: View, size: int, rng: np.random.Generator)
         tip=(float(tip_px[0]), float(tip_px[1])),
         mask=mask,
         label=int(frac is not None),
-        meta={"fracture_kind": frac.kind if frac else "", "px_per_mm": fine.k,
-              "bone_length_px": float(np.hypot(*(tip_px - nas_px)))},
+        meta={
+            "fracture_kind": frac.kind if frac else "",
+            "px_per_mm": fine.k,
+            "bone_length_px": float(np.hypot(*(tip_px - nas_px))),
+        },
     )
 
 
@@ -847,8 +916,12 @@ def render_patient(patient_seed: int, fracture: bool, n_views: int = 2, size: in
     """Render ``n_views`` acquisitions of one patient (same anatomy, label and fracture)."""
     anat = sample_patient(patient_seed, fracture)
     prng = np.random.default_rng([patient_seed, 3])
-    base = {"scale": _u(prng, 0.85, 1.15), "theta": math.radians(_u(prng, -7.5, 7.5)),
-            "dx": _u(prng, -0.07, 0.07), "dy": _u(prng, -0.07, 0.07)}
+    base = {
+        "scale": _u(prng, 0.85, 1.15),
+        "theta": math.radians(_u(prng, -7.5, 7.5)),
+        "dx": _u(prng, -0.07, 0.07),
+        "dy": _u(prng, -0.07, 0.07),
+    }
     views = []
     for v in range(n_views):
         vrng = np.random.default_rng([patient_seed, 4, v])
@@ -908,11 +981,18 @@ def write_dataset(
             if view.label:
                 mask_rel = f"masks/{name}.png"
                 Image.fromarray(view.mask * np.uint8(255)).save(out / mask_rel)
-            rows.append({
-                "image": path.relative_to(out).as_posix(), "patient_id": pid, "label": view.label,
-                "nasion_x": f"{view.nasion[0]:.3f}", "nasion_y": f"{view.nasion[1]:.3f}",
-                "tip_x": f"{view.tip[0]:.3f}", "tip_y": f"{view.tip[1]:.3f}", "fracture_mask": mask_rel,
-            })
+            rows.append(
+                {
+                    "image": path.relative_to(out).as_posix(),
+                    "patient_id": pid,
+                    "label": view.label,
+                    "nasion_x": f"{view.nasion[0]:.3f}",
+                    "nasion_y": f"{view.nasion[1]:.3f}",
+                    "tip_x": f"{view.tip[0]:.3f}",
+                    "tip_y": f"{view.tip[1]:.3f}",
+                    "fracture_mask": mask_rel,
+                }
+            )
             if len(preview) < 16:
                 preview.append(view)
         t_render += t1 - t0
@@ -925,16 +1005,21 @@ def write_dataset(
     if preview:
         save_preview(preview, out / "preview.png")
     if stats is not None:
-        stats.update(images=len(rows), patients=len({r["patient_id"] for r in rows}),
-                     fractures=sum(r["label"] for r in rows), render_s=t_render, write_s=t_write)
+        stats.update(
+            images=len(rows),
+            patients=len({r["patient_id"] for r in rows}),
+            fractures=sum(r["label"] for r in rows),
+            render_s=t_render,
+            write_s=t_write,
+        )
     return csv_path
 
 
 def _cross(rgb: Array, x: float, y: float, color: tuple[int, int, int], r: int = 5) -> None:
     h, w, _ = rgb.shape
     xi, yi = int(round(x)), int(round(y))
-    rgb[max(yi - r, 0):min(yi + r + 1, h), min(max(xi, 0), w - 1)] = color
-    rgb[min(max(yi, 0), h - 1), max(xi - r, 0):min(xi + r + 1, w)] = color
+    rgb[max(yi - r, 0) : min(yi + r + 1, h), min(max(xi, 0), w - 1)] = color
+    rgb[min(max(yi, 0), h - 1), max(xi - r, 0) : min(xi + r + 1, w)] = color
 
 
 def preview_tile(view: PhantomView, tile: int = 384) -> Array:
@@ -954,7 +1039,7 @@ def preview_tile(view: PhantomView, tile: int = 384) -> Array:
     color = (230, 30, 30) if view.label else (30, 200, 30)
     rgb[:3], rgb[-3:], rgb[:, :3], rgb[:, -3:] = color, color, color, color
     bm = text_bitmap("F" if view.label else "N", 3)
-    rgb[6:6 + bm.shape[0], 6:6 + bm.shape[1]][bm] = color
+    rgb[6 : 6 + bm.shape[0], 6 : 6 + bm.shape[1]][bm] = color
     return rgb
 
 
@@ -965,7 +1050,7 @@ def save_preview(views: list[PhantomView], path: str | Path, cols: int = 4, tile
     tiles = [preview_tile(v, tile) for v in views[: cols * cols]]
     while len(tiles) % cols:
         tiles.append(np.zeros_like(tiles[0]))
-    grid = np.concatenate([np.concatenate(tiles[r:r + cols], axis=1) for r in range(0, len(tiles), cols)], axis=0)
+    grid = np.concatenate([np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)], axis=0)
     Image.fromarray(grid).save(path)
     return Path(path)
 
@@ -985,8 +1070,10 @@ def main(argv: list[str] | None = None) -> None:
     n = max(stats["images"], 1)
     print(csv_path)
     print(f"images={stats['images']} patients={stats['patients']} fractures={stats['fractures']}")
-    print(f"render {n / max(stats['render_s'], 1e-9):.1f} images/s; with file writing "
-          f"{n / max(stats['render_s'] + stats['write_s'], 1e-9):.1f} images/s; total {total:.1f} s")
+    print(
+        f"render {n / max(stats['render_s'], 1e-9):.1f} images/s; with file writing "
+        f"{n / max(stats['render_s'] + stats['write_s'], 1e-9):.1f} images/s; total {total:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def clip_to_image(box, shape) -> np.ndarray:
     """Clip ``[x1, y1, x2, y2]`` to the image extent ``[-0.5, cols - 0.5] x [-0.5, rows - 0.5]``."""
     h, w = shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
-    return np.array([np.clip(x1, -0.5, w - 0.5), np.clip(y1, -0.5, h - 0.5),
-                     np.clip(x2, -0.5, w - 0.5), np.clip(y2, -0.5, h - 0.5)])
+    return np.array(
+        [np.clip(x1, -0.5, w - 0.5), np.clip(y1, -0.5, h - 0.5), np.clip(x2, -0.5, w - 0.5), np.clip(y2, -0.5, h - 0.5)]
+    )
 
 
 def target_box(record: dict, shape, margin: float) -> np.ndarray:
@@ -108,8 +109,11 @@ def _export_key(dataset_dir: str | Path, split_file: str | Path, margin: float) 
     h = hashlib.sha256()
     for path in (Path(split_file), Path(dataset_dir) / CSV_NAME):
         h.update(path.read_bytes())
-    h.update(json.dumps({"margin": float(margin), "version": EXPORT_VERSION,
-                         "dataset": str(Path(dataset_dir).resolve())}).encode())
+    h.update(
+        json.dumps(
+            {"margin": float(margin), "version": EXPORT_VERSION, "dataset": str(Path(dataset_dir).resolve())}
+        ).encode()
+    )
     return h.hexdigest()[:16]
 
 
