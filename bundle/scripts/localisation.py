@@ -331,31 +331,23 @@ def evaluate(
 def log_to_mlflow(
     result: dict, out_dir: str | Path, tracking_uri: str | None, experiment_name: str, run_name: str
 ) -> None:
-    """Log every method's metrics (``<method>/<metric>``) and the table and figure as artifacts."""
-    import mlflow
+    """Log every method's metrics (``<method>/<metric>``) and the table and figure as artifacts.
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
-    # inside the chained pipeline the stage's nested run is open under this name: log into it (as MONAI's
-    # MLFlowHandler does); run on its own, the evaluation gets a run of its own
-    open_runs = client.search_runs(
-        [exp_id], filter_string=f"tags.mlflow.runName = '{run_name}' and attributes.status = 'RUNNING'", max_results=1
+    Inside the chained pipeline the stage's nested run is open under ``run_name`` and receives them (as with
+    MONAI's ``MLFlowHandler``); run on its own, the evaluation gets a run of its own.
+    """
+    from .tracking import MlflowRun
+
+    run = MlflowRun(tracking_uri, experiment_name, run_name)
+    groups = [*result["methods"].items(), *result["repaired"].items()]
+    run.log_metrics(
+        {
+            f"{m}/{k}".replace("[", "_").replace("]", ""): v
+            for m, vals in groups
+            for k, v in vals.items()
+            if isinstance(v, float)
+        }
     )
-    run = open_runs[0] if open_runs else client.create_run(exp_id, run_name=run_name)
-    metrics = [
-        mlflow.entities.Metric(f"{m}/{k}".replace("[", "_").replace("]", ""), float(v), 0, 0)
-        for m, vals in result["methods"].items()
-        for k, v in vals.items()
-        if isinstance(v, float)
-    ]
-    metrics += [
-        mlflow.entities.Metric(f"{m}/{k}".replace("[", "_").replace("]", ""), float(v), 0, 0)
-        for m, vals in result["repaired"].items()
-        for k, v in vals.items()
-    ]
-    client.log_batch(run.info.run_id, metrics=metrics)
     for name in ("localisation.json", "localisation.md", "cases.png"):
-        client.log_artifact(run.info.run_id, str(Path(out_dir) / name))
-    if not open_runs:
-        client.set_terminated(run.info.run_id)
+        run.log_artifact(Path(out_dir) / name)
+    run.close()

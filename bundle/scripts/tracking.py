@@ -8,6 +8,7 @@ child of the pipeline run) and hands its name to the stage.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -91,3 +92,53 @@ def run_name(stage: str) -> str:
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class MlflowRun:
+    """The newest unfinished run named ``run_name`` in ``experiment_name`` (created if missing)."""
+
+    def __init__(
+        self, tracking_uri: str | None, experiment_name: str, run_name: str, artifact_location: str | None = None
+    ):
+        self.client = None
+        if not tracking_uri:
+            return
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            location = artifact_location
+            if location is None and tracking_uri.startswith("sqlite:///"):  # never ./mlruns in the working directory
+                location = str(Path(tracking_uri[len("sqlite:///") :]).parent.resolve() / "mlruns")
+            exp_id = self.client.create_experiment(experiment_name, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        runs = self.client.search_runs(
+            [exp_id], filter_string=f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"]
+        )
+        open_runs = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+        self.owned = not open_runs
+        run = open_runs[0] if open_runs else self.client.create_run(exp_id, run_name=run_name)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        if self.client:
+            existing = self.client.get_run(self.run_id).data.params
+            for k, v in params.items():
+                if k not in existing:
+                    self.client.log_param(self.run_id, k, str(v)[:500])
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if self.client:
+            for k, v in metrics.items():
+                if v is not None and math.isfinite(float(v)):
+                    self.client.log_metric(self.run_id, k.replace("(", "").replace(")", ""), float(v), step=step)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.client and self.owned:
+            self.client.set_terminated(self.run_id, status)
+
+    def log_artifact(self, path: str | Path) -> None:
+        if self.client:
+            self.client.log_artifact(self.run_id, str(path))
