@@ -77,23 +77,8 @@ def score_maps(
 
 
 def gradcam_maps(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MONAI Grad-CAM of the fracture logit at ``classifier.target_layer``: ``(B, 1, H, W)`` scaled to [0, 1].
-
-    Scaled with max -> 1 (MONAI's default CAM normaliser maps (min, max) to (1, 0), which turns the map inside out).
-    """
-    from monai.visualize import GradCAM
-
-    layer = dict(classifier.named_modules())[classifier.target_layer]
-    before = set(layer._forward_hooks) | set(layer._backward_hooks)
-    try:
-        cam = GradCAM(nn_module=classifier, target_layers=classifier.target_layer, postprocessing=scale01)
-        with torch.enable_grad():
-            out = cam(x.float().detach().clone().requires_grad_(True), class_idx=0)
-    finally:  # GradCAM registers hooks on every construction: remove its own, keep anyone else's
-        for hooks in (layer._forward_hooks, layer._backward_hooks):
-            for key in set(hooks) - before:
-                del hooks[key]
-    return out.detach().float()
+    """MONAI Grad-CAM of the fracture logit at C's ``target_layer`` (``FractureClassifier.gradcam``), in [0, 1]."""
+    return classifier.gradcam(x).float()
 
 
 def occlusion_maps(
