@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
+from monai.networks.layers import separable_filtering
 from monai.networks.nets import EfficientNetBN
 from monai.visualize import GradCAM
 from torch import nn
@@ -183,11 +184,7 @@ class FractureClassifier(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if self.blur_kernel.numel() > 1:
             k = self.blur_kernel.to(x.dtype)
-            r = k.shape[-1] // 2
-            blurred = F.conv2d(
-                F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), k[None, None, None, :]), k[None, None, :, None]
-            )
-            x = x - blurred
+            x = x - separable_filtering(x, [k, k], mode="replicate")
         x = (x - self.config["mean"]) / self.config["std"]
         return x.expand(-1, self.in_channels, -1, -1)
 
