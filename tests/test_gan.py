@@ -93,6 +93,25 @@ def test_gd_losses_match_hand_computed_values() -> None:
     assert d["loss"].item() == pytest.approx(softplus(-0.5) + softplus(0.5) + 0.02, rel=1e-5)
 
 
+def test_residual_generator_starts_as_identity_and_learns() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    gen = Generator((4, 4, 8, 8, 16, 4), residual=True)
+    assert torch.allclose(gen(x), x.clamp(1e-3, 1 - 1e-3), atol=1e-6)
+    plain = Generator((4, 4, 8, 8, 16, 4))
+    assert (plain(x) - x).abs().mean() > 0.05  # the thesis's Skip-UNet starts far from the identity
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    for _ in range(3):  # the zero-initialised last layer still lets every layer learn
+        opt.zero_grad()
+        (gen(x) - (1 - x)).abs().mean().backward()
+        opt.step()
+    assert not torch.allclose(gen(x), x.clamp(1e-3, 1 - 1e-3), atol=1e-3)
+    assert gen.unet.conv_0.conv_0.conv.weight.grad.abs().sum() > 0
+    rebuilt = Generator(**gen.config)
+    rebuilt.load_state_dict(gen.state_dict())
+    assert torch.equal(rebuilt(x), gen(x))
+
+
 def test_frozen_networks_receive_no_updates() -> None:
     from scripts.classifier import FractureClassifier
 

@@ -26,13 +26,30 @@ CHECKPOINT_FORMAT = "nasal-fracture-gan/1"
 
 
 class Generator(nn.Module):
-    """``BasicUNet`` + sigmoid: ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` in [0, 1] (H, W multiples of 16)."""
+    """``BasicUNet`` + sigmoid: ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` in [0, 1] (H, W multiples of 16).
+
+    ``residual=True`` adds one more skip connection, from the input to the output, in logit space:
+    ``G(X) = sigmoid(logit(X) + UNet(X))``, with the U-Net's last convolution initialised to zero, so that a new
+    generator is the identity (up to clamping ``X`` to ``[eps, 1 - eps]``) and learns only the change. The
+    thesis's Skip-UNet is ``residual=False``.
+    """
 
     def __init__(
-        self, features: Sequence[int] = (32, 32, 64, 128, 256, 32), norm: str = "instance", upsample: str = "deconv"
+        self,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        norm: str = "instance",
+        upsample: str = "deconv",
+        residual: bool = False,
+        eps: float = 1e-3,
     ) -> None:
         super().__init__()
-        self.config = {"features": [int(f) for f in features], "norm": norm, "upsample": upsample}
+        self.config = {
+            "features": [int(f) for f in features],
+            "norm": norm,
+            "upsample": upsample,
+            "residual": bool(residual),
+            "eps": float(eps),
+        }
         norm_arg = ("instance", {"affine": True}) if norm == "instance" else norm
         self.unet = BasicUNet(
             spatial_dims=2,
@@ -42,9 +59,16 @@ class Generator(nn.Module):
             norm=norm_arg,
             upsample=upsample,
         )
+        if residual:
+            nn.init.zeros_(self.unet.final_conv.weight)
+            nn.init.zeros_(self.unet.final_conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.unet(x))
+        out = self.unet(x)
+        if self.config["residual"]:
+            eps = self.config["eps"]
+            out = out + torch.logit(x.clamp(eps, 1.0 - eps))
+        return torch.sigmoid(out)
 
 
 class Discriminator(nn.Module):
