@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.localisation import energy_share, pointing_hit, score_maps
+from scripts.localisation import energy_share, evaluate, markdown_table, pointing_hit, score_maps
 from scripts.masks import choose_threshold, classifier_mask, dice_iou, generator_mask, region_map, scale01
 from scripts.networks import Discriminator, Generator, save_networks
 
@@ -104,7 +104,7 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
         "models_dir": str(models),
         "crop_source": "landmarks",
         "crops_dir": str(out / "crops"),
-        "mlflow_run_name": "test-localisation",
+        # no mlflow_run_name: the default (stage name + time) must resolve when a stage config is run on its own
         "localisation#occlusion": {"mask_size": 32, "overlap": 0.0, "mode": "mean_patch", "n_batch": 8},
         "localisation#variants": {"other": {"gdc1": str(models / "gdc1.pt"), "gdc2": str(models / "gdc2.pt")}},
     }
@@ -144,3 +144,13 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
     assert 0.0 <= result["repaired"]["gdc2[intent]"]["c_prob_repaired"] <= 1.0
     assert "| gdc2[intent] |" in (out / "localisation" / "localisation.md").read_text()
     assert (out / "localisation" / "cases.png").stat().st_size > 0
+
+
+def test_validation_split_is_labelled_as_development_only() -> None:
+    method = {"threshold": 0.5, **{k: 0.5 for k in ("pointing", "dice", "iou", "energy")}}
+    method.update({f"{k}_ci95": [0.4, 0.6] for k in ("pointing", "dice", "iou", "energy")})
+    common = {"test_crops": 3, "val_crops": 3, "pointing_tolerance_px": 3, "methods": {"m": method}, "repaired": {}}
+    assert markdown_table({**common, "split": "test"}).startswith("Test fracture crops: 3")
+    assert markdown_table({**common, "split": "val"}).startswith("VALIDATION (development only")
+    with pytest.raises(ValueError, match="split must be"):
+        evaluate("unused.csv", "unused", None, None, "a.pt", "b.pt", split="train")

@@ -238,6 +238,8 @@ def evaluate(
     ``variants``: extra G-D-C runs to compare, ``{label: {"gdc1": path, "gdc2": path}}`` (e.g. the other mask
     polarity); the main run is labelled with the polarity stored in its checkpoint.
     """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got '{split}'")
     from .crops import crop_records
     from .masks import load_region_model
     from .networks import freeze, load_networks
@@ -246,10 +248,10 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     classifier, discriminator = freeze(classifier), freeze(discriminator)
     val_x, val_t = load_crops([r for r in crop_records(crops_csv, "val", label=1) if r["mask"]])
-    if split not in ("test", "val"):
-        raise ValueError(f"split must be 'test' or 'val', got '{split}'")
     test_x, test_t = load_crops([r for r in crop_records(crops_csv, split, label=1) if r["mask"]])
-    logger.info("localisation: %d validation fracture crops, %d %s fracture crops scored", len(val_x), len(test_x), split)
+    logger.info(
+        "localisation: %d validation fracture crops, %d %s fracture crops scored", len(val_x), len(test_x), split
+    )
     if split == "val":
         logger.warning("localisation scored on the VALIDATION split: for development choices, not for reporting")
     if len(test_x) == 0:
