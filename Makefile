@@ -7,6 +7,8 @@ OUT      ?= runs/demo
 PROFILE  ?= quick
 BUNDLE   := python -m monai.bundle run
 TRAIN_CONFIGS := "['bundle/configs/train.yaml','bundle/configs/profiles/$(PROFILE).yaml']"
+# The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
+export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: setup data demo train infer report test test-all bench lint clean
 
@@ -16,14 +18,15 @@ $(STAMP): pyproject.toml
 	python3.11 -m venv .venv
 	$(PY) -m pip install --upgrade --quiet "pip>=24"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	echo 'export PYTHONPATH="$(CURDIR)/bundle$${PYTHONPATH:+:$$PYTHONPATH}"  # the bundle'"'"'s scripts' >> .venv/bin/activate
 	touch $(STAMP)
 
 data: $(STAMP)
-	$(PY) -m scripts.phantom --out $(DATA) --n $(N) --seed 0
+	$(PY) -m tools.phantom --out $(DATA) --n $(N) --seed 0
 
 # Everything: phantom data, all five stages (quick CPU profile), evaluation, inference, report.
 demo: $(STAMP)
-	$(PY) -m scripts.demo --data $(DATA) --n $(N) --out $(OUT) --profile $(PROFILE)
+	$(PY) -m tools.demo --data $(DATA) --n $(N) --out $(OUT) --profile $(PROFILE)
 
 train: $(STAMP)
 	.venv/bin/$(BUNDLE) training --config_file $(TRAIN_CONFIGS) --dataset_dir $(DATA) --output_dir $(OUT)
@@ -35,11 +38,11 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m scripts.bench --out runs/bench
+	$(PY) -m tools.bench --out runs/bench
 
 lint: $(STAMP)
-	.venv/bin/ruff check bundle tests
-	.venv/bin/ruff format --check bundle tests
+	.venv/bin/ruff check bundle tests tools
+	.venv/bin/ruff format --check bundle tests tools
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

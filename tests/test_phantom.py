@@ -14,7 +14,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.phantom import CSV_COLUMNS, PhantomView, render_patient, write_dataset  # noqa: E402
+from tools.phantom import CSV_COLUMNS, PhantomView, render_patient, write_dataset  # noqa: E402
 
 SIZE = 256
 

@@ -33,7 +33,7 @@ def _timeit(fn, repeat: int) -> float:
 
 
 def bench_phantom(n: int = 40) -> float:
-    from .phantom import render_patient
+    from tools.phantom import render_patient
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def bench_phantom(n: int = 40) -> float:
 
 
 def bench_loading(tmp: Path) -> dict[str, float]:
-    from .imageio import KINDS, load_xray, save_xray
+    from scripts.imageio import KINDS, load_xray, save_xray
 
     img = np.random.default_rng(0).random((512, 512)).astype(np.float32)
     paths = {kind: save_xray(tmp / kind, img, kind) for kind in KINDS}
@@ -52,8 +52,8 @@ def bench_loading(tmp: Path) -> dict[str, float]:
 
 
 def bench_inference(models_dir: Path, n: int = 10) -> dict[str, float] | None:
-    from .inference import FracturePipeline
-    from .phantom import render_patient
+    from scripts.inference import FracturePipeline
+    from tools.phantom import render_patient
 
     if not all((models_dir / w).is_file() for w in ("detector.pt", "classifier.pt", "gdc2.pt")):
         return None

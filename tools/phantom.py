@@ -12,7 +12,7 @@ second line). Sutures and neurovascular grooves, which fool human readers, appea
 independently of the label. The random streams of anatomy, confounders, fracture and acquisition are
 separate, so ``render_patient(s, True)`` and ``render_patient(s, False)`` differ only by the fracture.
 
-Run: ``PYTHONPATH=bundle python -m scripts.phantom --out data/phantom --n 1000``.
+Run: ``PYTHONPATH=bundle python -m tools.phantom --out data/phantom --n 1000``.
 """
 
 from __future__ import annotations

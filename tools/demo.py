@@ -22,7 +22,13 @@ CONFIGS = BUNDLE_ROOT / "configs"
 
 def _step(title: str, cmd: list[str], t0: float) -> None:
     print(f"\n=== [{time.perf_counter() - t0:6.0f} s] {title}\n$ {shlex.join(cmd)}", flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": bundle_pythonpath()})
+
+
+def bundle_pythonpath() -> str:
+    """PYTHONPATH with the bundle folder first, so that its configs' ``$import scripts`` resolves."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return str(BUNDLE_ROOT) + (os.pathsep + rest if rest else "")
 
 
 def held_out_folder(dataset_dir: Path, split_file: Path, out: Path, extra_bad_file: bool = True) -> Path:
@@ -53,7 +59,7 @@ def main() -> None:
     if not (data / "dataset.csv").is_file():
         _step(
             f"Phantom: {args.n} lateral head X-rays",
-            [py, "-m", "scripts.phantom", "--out", str(data), "--n", str(args.n), "--seed", "0"],
+            [py, "-m", "tools.phantom", "--out", str(data), "--n", str(args.n), "--seed", "0"],
             t0,
         )
     else:
@@ -100,7 +106,7 @@ def main() -> None:
         ],
         t0,
     )
-    _step("Report", [py, "-m", "scripts.report", str(out), "--inference_dir", str(out / "inference")], t0)
+    _step("Report", [py, "-m", "tools.report", str(out), "--inference_dir", str(out / "inference")], t0)
     print(
         f"\nDone in {(time.perf_counter() - t0) / 60:.1f} min.\n"
         f"  Report:  {(out / 'report.html').resolve()}\n"
