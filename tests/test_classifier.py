@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from scripts.checkpoint import CLASSIFIER_FORMAT, CheckpointError
 from scripts.classifier import FractureClassifier, latest_checkpoint, load_classifier, save_classifier
+from scripts.networks import Generator, save_networks
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 
@@ -123,7 +125,8 @@ def test_gradcam_shape_range_and_no_leftover_hooks(model) -> None:
 def test_checkpoint_roundtrip_is_self_describing(tmp_path, model) -> None:
     path = save_classifier(tmp_path / "c.pt", model, 0.37, {"crop_size": 64, "box_source": "landmarks"})
     raw = torch.load(path, weights_only=True)
-    assert raw["config"]["model_name"] == "efficientnet-b0" and raw["threshold"] == pytest.approx(0.37)
+    assert raw["format"] == CLASSIFIER_FORMAT and raw["info"]["threshold"] == pytest.approx(0.37)
+    assert raw["networks"]["classifier"]["config"]["model_name"] == "efficientnet-b0"
     loaded, info = load_classifier(path)
     assert not loaded.training
     assert info["threshold"] == pytest.approx(0.37) and info["crop_size"] == 64 and info["box_source"] == "landmarks"
@@ -131,8 +134,20 @@ def test_checkpoint_roundtrip_is_self_describing(tmp_path, model) -> None:
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x))
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a classifier checkpoint"):
+    with pytest.raises(CheckpointError, match="other.pt: expected a 'nasal-fracture-classifier/2' checkpoint"):
         load_classifier(tmp_path / "other.pt")
+    save_networks(tmp_path / "gan.pt", generator=Generator(features=(4, 4, 8, 8, 8, 4)))
+    with pytest.raises(CheckpointError, match="found format 'nasal-fracture-gan/2'"):
+        load_classifier(tmp_path / "gan.pt")
+
+
+def test_previous_checkpoint_layout_still_loads(tmp_path, model) -> None:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    old = {"format": "nasal-fracture-classifier/1", "config": model.config, "state_dict": state, "threshold": 0.4}
+    torch.save({**old, "info": {"crop_size": 64}}, tmp_path / "v1.pt")
+    loaded, info = load_classifier(tmp_path / "v1.pt")
+    assert info["threshold"] == pytest.approx(0.4) and info["crop_size"] == 64
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), loaded.state_dict().values(), strict=True))
 
 
 def test_latest_checkpoint_picks_the_highest_epoch(tmp_path) -> None:

@@ -18,16 +18,14 @@ the quick CPU profile: EfficientNet-b0 trained from scratch on the 800 phantom t
 within the CPU budget (validation AUC <= 0.70 after 20 epochs, 6 min), while this network reaches 0.97 in
 about 12 epochs (80 s). Its feature map ``(B, 128, S/16, S/16)`` plays the same role as EfficientNet's head.
 
-Checkpoints (``save_classifier``/``load_classifier``) hold the constructor arguments, the
-``state_dict``, the operating ``threshold`` chosen on the validation split and an ``info`` dict
-(crop size, box source, validation figures); they load with ``weights_only=True``.
+Checkpoints (``save_classifier``/``load_classifier``, format in ``checkpoint.py``) hold the constructor arguments,
+the ``state_dict`` and an ``info`` dict (operating ``threshold`` chosen on the validation split, crop size, box source,
+validation figures). Export and evaluation of the stage are in ``classifier_export.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import logging
 import math
 from pathlib import Path
 
@@ -39,9 +37,11 @@ from monai.networks.nets import EfficientNetBN
 from monai.visualize import GradCAM
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from . import checkpoint
+from .classifier_export import evaluate_classifier, export_classifier  # noqa: F401 (called as scripts.classifier.*)
+from .masks import scale01
+
 INPUT_MODES = ("rgb", "gray")
-CHECKPOINT_FORMAT = "nasal-fracture-classifier/1"
 
 
 class ConvNet(nn.Module):
@@ -217,7 +217,7 @@ class FractureClassifier(nn.Module):
         layer = dict(self.named_modules())[self.target_layer]
         before = set(layer._forward_hooks) | set(layer._backward_hooks)
         try:
-            cam = GradCAM(nn_module=self, target_layers=self.target_layer, postprocessing=_scale01)
+            cam = GradCAM(nn_module=self, target_layers=self.target_layer, postprocessing=scale01)
             with torch.enable_grad():
                 out = cam(x.float().detach().requires_grad_(True), class_idx=0)
         finally:  # GradCAM hooks the layer on every construction: remove its hooks, keep anyone else's
@@ -237,63 +237,23 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def _scale01(x: torch.Tensor) -> torch.Tensor:
-    """Scale each map of a batch to [0, 1] (max -> 1); an all-zero map stays zero."""
-    flat = x.flatten(1)
-    lo = flat.min(1, keepdim=True).values
-    hi = flat.max(1, keepdim=True).values
-    span = hi - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (flat - lo) / safe, torch.zeros_like(flat)).view_as(x)
-
-
 def save_classifier(path: str | Path, model: FractureClassifier, threshold: float, info: dict | None = None) -> Path:
-    """Write a self-describing checkpoint: constructor args, ``state_dict``, ``threshold`` and ``info``.
+    """Write C as a ``checkpoint.CLASSIFIER_FORMAT`` file: its constructor args, weights, ``info`` + ``threshold``.
 
     ``info`` should say at least ``crop_size`` and ``box_source``; values must be plain Python types.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "config": dict(model.config),
-        "state_dict": state,
-        "threshold": float(threshold),
-        "info": dict(info or {}),
-    }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return path
+    return checkpoint.save(
+        path, checkpoint.CLASSIFIER_FORMAT, {"classifier": model}, {**(info or {}), "threshold": float(threshold)}
+    )
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureClassifier, dict]:
-    """Rebuild C from ``save_classifier``'s file; return ``(model.eval(), info)`` with ``info["threshold"]`` set."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a classifier checkpoint written by save_classifier")
-    model = FractureClassifier(**ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    info = dict(ckpt.get("info", {}))
-    info["threshold"] = float(ckpt["threshold"])
-    info["config"] = dict(ckpt["config"])
-    return model.to(device).eval(), info
-
-
-@torch.no_grad()
-def predict_loader(model: nn.Module, loader, device: str | torch.device) -> dict[str, list]:
-    """Fracture probabilities of every batch of ``loader`` (dicts with ``image``, ``label``, ``patient_id``)."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, list] = {"prob": [], "label": [], "patient_id": []}
-    for batch in loader:
-        prob = torch.sigmoid(model(batch["image"].to(device))).flatten().cpu()
-        out["prob"] += prob.tolist()
-        out["label"] += [int(v) for v in torch.as_tensor(batch["label"]).flatten().tolist()]
-        out["patient_id"] += list(batch["patient_id"])
-    model.train(was_training)
-    return out
+    """Rebuild C from ``save_classifier``'s file; return ``(model.eval(), info)`` with ``threshold`` and ``config``."""
+    nets, info = checkpoint.load(path, checkpoint.CLASSIFIER_FORMAT, {"classifier": FractureClassifier}, device)
+    if "classifier" not in nets or not isinstance(info.get("threshold"), (int, float)):
+        raise checkpoint.CheckpointError(f"{path}: classifier checkpoint without its network or operating threshold")
+    model = nets["classifier"]
+    return model, {**info, "threshold": float(info["threshold"]), "config": dict(model.config)}
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
@@ -305,108 +265,3 @@ def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
         except ValueError:
             continue
     return str(max(found)[1]) if found else None
-
-
-def crops_info(crops_csv: str | Path) -> dict:
-    """What ``crops.json`` beside ``crops_csv`` records: box source actually used, crop size, margin..."""
-    path = Path(crops_csv).parent / "crops.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _state_dict_from(path: str | Path) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt["network"] if isinstance(ckpt, dict) and "network" in ckpt else ckpt
-
-
-def export_classifier(
-    network: FractureClassifier,
-    best_path: str | Path,
-    val_loader,
-    out_path: str | Path,
-    crops_csv: str | Path,
-    device: str | torch.device,
-    rule: str = "youden",
-    target_sensitivity: float | None = None,
-    extra: dict | None = None,
-) -> Path:
-    """Load the best weights (if saved), choose the threshold on the validation split, write ``classifier.pt``."""
-    from .evaluation import choose_threshold
-
-    if Path(best_path).is_file():
-        network.load_state_dict(_state_dict_from(best_path))
-    else:
-        logger.warning("%s not found: exporting the last weights", best_path)
-    val = predict_loader(network, val_loader, device)
-    threshold, figures = choose_threshold(val["label"], val["prob"], rule, target_sensitivity)
-    crops = crops_info(crops_csv)
-    info = {
-        "crop_size": int(crops.get("size", 0)) or None,
-        "box_source": crops.get("box_source", "unknown"),
-        "box_margin": crops.get("margin"),
-        "threshold_rule": rule,
-        "target_sensitivity": target_sensitivity,
-        "validation": {k: v for k, v in figures.items() if k not in ("rule", "target_sensitivity")},
-        "n_validation_images": len(val["label"]),
-        **(extra or {}),
-    }
-    path = save_classifier(out_path, network, threshold, info)
-    logger.info(
-        "classifier: threshold %.4f (%s on %d validation crops: sensitivity %.3f, specificity %.3f) -> %s",
-        threshold,
-        rule,
-        len(val["label"]),
-        figures["sensitivity"],
-        figures["specificity"],
-        path,
-    )
-    return path
-
-
-def evaluate_classifier(
-    collected: dict[str, list],
-    info: dict,
-    crops_csv: str | Path,
-    out_dir: str | Path,
-    split: str = "test",
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict:
-    """Write ``evaluation.json`` (+ ROC and calibration PNGs) for C's outputs on ``split`` at its stored threshold.
-
-    ``collected`` holds per-crop ``pred`` (probability), ``label`` and ``patient_id`` (``OutputCollector``).
-    Raises if C was trained on another crop size than the crops evaluated.
-    """
-    from .evaluation import evaluate_binary
-
-    crops = crops_info(crops_csv)
-    if info.get("crop_size") and crops.get("size") and int(info["crop_size"]) != int(crops["size"]):
-        raise ValueError(
-            f"classifier was trained on {info['crop_size']} px crops but {crops_csv} holds "
-            f"{crops['size']} px crops: set crop_size to {info['crop_size']}"
-        )
-    prob = [float(p[0] if isinstance(p, list) else p) for p in collected["pred"]]
-    label = [int(round(float(y[0] if isinstance(y, list) else y))) for y in collected["label"]]
-    extra = {
-        "stage": "classifier",
-        "split": split,
-        "box_source": crops.get("box_source", "unknown"),
-        "detector_misses": crops.get("detector_misses"),
-        "crop_size": crops.get("size"),
-        "trained_on_box_source": info.get("box_source"),
-        "threshold_rule": info.get("threshold_rule"),
-        "threshold_chosen_on": "validation",
-        "validation_at_threshold": info.get("validation"),
-        "model": info.get("config"),
-    }
-    return evaluate_binary(
-        label,
-        prob,
-        collected["patient_id"],
-        info["threshold"],
-        out_dir,
-        "evaluation",
-        n_resamples=n_resamples,
-        seed=seed,
-        extra=extra,
-        title="Classifier C, test split",
-    )

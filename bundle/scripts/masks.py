@@ -22,23 +22,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
+from monai.transforms.utils import rescale_array
 from torch import nn
 
-from .networks import load_networks
+from .checkpoint import CheckpointError
+from .networks import load_networks, save_networks
 
 logger = logging.getLogger(__name__)
 MASK_MODES = ("cam", "channel_mean")
 
 
 def scale01(x: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each item of a batch to [0, 1]; a constant item becomes 0."""
-    flat = x.flatten(1)
-    lo = flat.min(1, keepdim=True).values
-    span = flat.max(1, keepdim=True).values - lo
-    out = torch.where(
-        span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat)
-    )
-    return out.view_as(x)
+    """Min-max scale each item of a batch to [0, 1] (MONAI ``rescale_array``); a constant item becomes 0."""
+    return torch.stack([rescale_array(item, 0.0, 1.0, dtype=None) for item in x]) if len(x) else x
 
 
 def last_conv_activation(classifier: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +119,7 @@ def load_region_model(path: str | Path, device: str | torch.device = "cpu") -> n
     nets, info = load_networks(path, device)
     generator = nets["generator"]
     if "region" not in info:
-        raise ValueError(f"{path}: no region threshold stored (was G-D-C step 2 calibrated on validation?)")
+        raise CheckpointError(f"{path}: no region threshold stored (was G-D-C step 2 calibrated on validation?)")
     generator.region = dict(info["region"])
     return generator
 
@@ -216,7 +212,5 @@ def save_region_model(
     info: dict | None = None,
 ) -> Path:
     """Calibrate the region threshold on validation and write the step-2 checkpoint (``info["region"]``)."""
-    from .networks import save_networks
-
     region = calibrate_region(generator, val_records, sigma, device)
     return save_networks(path, info={**(info or {}), "region": region}, generator=generator)

@@ -7,9 +7,9 @@
   real/fake logit (``forward``). No batch norm and no dropout, so a frozen D gives the same answer in
   train and eval mode; adaptive pooling makes it independent of the crop size.
 
-A checkpoint file holds, per network, ``{"config": constructor args, "state_dict": ...}`` under the network's
-name (``"generator"``, ``"discriminator"``), plus a plain ``info`` dict; ``load_networks`` rebuilds them without
-reading any config and loads with ``weights_only=True``.
+A checkpoint file (``checkpoint.GAN_FORMAT``, see ``checkpoint.py``) holds, per network, its constructor args and
+``state_dict`` under the network's name (``"generator"``, ``"discriminator"``), plus a plain ``info`` dict;
+``load_networks`` rebuilds them without reading any config.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-CHECKPOINT_FORMAT = "nasal-fracture-gan/1"
+from . import checkpoint
 
 
 class Generator(nn.Module):
@@ -115,35 +115,16 @@ NETWORKS = {"generator": Generator, "discriminator": Discriminator}
 
 
 def save_networks(path: str | Path, info: dict | None = None, **networks: nn.Module) -> Path:
-    """Write ``networks`` (name -> module with a ``config``) and ``info`` (plain types) as one checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt: dict = {"format": CHECKPOINT_FORMAT, "info": dict(info or {})}
-    for name, net in networks.items():
-        if name not in NETWORKS:
-            raise ValueError(f"unknown network name '{name}', expected one of {sorted(NETWORKS)}")
-        ckpt[name] = {
-            "config": dict(net.config),
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return path
+    """Write ``networks`` (``generator=``, ``discriminator=``) and ``info`` (plain types) as one GAN checkpoint."""
+    unknown = sorted(set(networks) - set(NETWORKS))
+    if unknown:
+        raise ValueError(f"unknown network name(s) {unknown}, expected some of {sorted(NETWORKS)}")
+    return checkpoint.save(path, checkpoint.GAN_FORMAT, networks, info)
 
 
 def load_networks(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, nn.Module], dict]:
     """Rebuild every network of a ``save_networks`` file (in eval mode); return ``(networks, info)``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a G/D checkpoint written by save_networks")
-    nets = {}
-    for name, cls in NETWORKS.items():
-        if name in ckpt:
-            net = cls(**ckpt[name]["config"])
-            net.load_state_dict(ckpt[name]["state_dict"])
-            nets[name] = net.to(device).eval()
-    return nets, dict(ckpt.get("info", {}))
+    return checkpoint.load(path, checkpoint.GAN_FORMAT, NETWORKS, device)
 
 
 def load_network(path: str | Path, name: str, device: str | torch.device = "cpu") -> nn.Module:
