@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
+import torch
+from monai.metrics import compute_roc_auc
 
 logger = logging.getLogger(__name__)
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -37,14 +38,11 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
 def roc_auc(y: Sequence[int], score: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN if only one class is present."""
-    y = np.asarray(y).astype(bool)
-    score = np.asarray(score, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (MONAI ``compute_roc_auc``, ties count one half); NaN if only one class is present."""
+    y_t = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    if y_t.numel() == 0 or bool((y_t == y_t[0]).all()):  # checked here: MONAI would warn on every bootstrap resample
         return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(compute_roc_auc(torch.as_tensor(np.asarray(score, dtype=np.float64)), y_t))
 
 
 def confusion(y: Sequence[int], score: Sequence[float], threshold: float) -> dict[str, int]:
@@ -194,7 +192,7 @@ def bootstrap_ci(
 
 
 # ----------------------------------------------------------------------------------------------
-# Calibration and figures
+# Calibration (its figure and the ROC's: evaluation_plots.py)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -223,88 +221,6 @@ def calibration(y: Sequence[int], score: Sequence[float], n_bins: int = 10) -> d
     return {"brier": float(np.mean((s_arr - y_arr) ** 2)), "ece": float(ece), "n_bins": n_bins, "bins": bins}
 
 
-def roc_curve(y: Sequence[int], score: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positive rates over every threshold (descending), starting at (0, 0)."""
-    y = np.asarray(y).astype(bool)
-    thresholds = np.concatenate([[np.inf], np.unique(np.asarray(score, dtype=np.float64))[::-1]])
-    s = np.asarray(score, dtype=np.float64)
-    tpr = np.array([(s[y] >= t).mean() for t in thresholds])
-    fpr = np.array([(s[~y] >= t).mean() for t in thresholds])
-    return fpr, tpr, thresholds
-
-
-def plot_roc(path: str | Path, y, score, threshold: float, ci: dict | None = None, title: str = "ROC") -> Path:
-    """ROC curve PNG with the AUC (and CI) in the legend and the operating point marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fpr, tpr, _ = roc_curve(y, score)
-    m = binary_metrics(y, score, threshold)
-    auc_txt = f"AUC {m['roc_auc']:.3f}"
-    if ci and "roc_auc" in ci:
-        auc_txt += f" (95% CI {ci['roc_auc']['ci_low']:.3f}-{ci['roc_auc']['ci_high']:.3f})"
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
-    ax.step(fpr, tpr, where="post", lw=2, label=auc_txt)
-    ax.plot(
-        1 - m["specificity"],
-        m["sensitivity"],
-        "o",
-        color="C3",
-        label=f"threshold {threshold:.3f}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}",
-    )
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = "Calibration") -> Path:
-    """Reliability diagram (observed fracture rate per bin vs mean predicted) over a histogram of scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cal = calibration(y, score, n_bins)
-    bins = [b for b in cal["bins"] if b["count"]]
-    fig, (ax, ax_h) = plt.subplots(
-        2, 1, figsize=(4.5, 5.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="perfect calibration")
-    ax.plot(
-        [b["mean_predicted"] for b in bins],
-        [b["observed_rate"] for b in bins],
-        "o-",
-        color="C0",
-        label=f"Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}",
-    )
-    for b in bins:
-        ax.annotate(
-            str(b["count"]),
-            (b["mean_predicted"], b["observed_rate"]),
-            textcoords="offset points",
-            xytext=(4, -10),
-            fontsize=6,
-            color="0.3",
-        )
-    ax.set(ylabel="observed fracture rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
-    ax.legend(loc="upper left", fontsize=7)
-    y_arr, s_arr = np.asarray(y).astype(bool), np.asarray(score, dtype=np.float64)
-    edges = np.linspace(0, 1, n_bins + 1)
-    ax_h.hist([s_arr[~y_arr], s_arr[y_arr]], bins=edges, stacked=True, color=["C2", "C3"], label=["normal", "fracture"])
-    ax_h.set(xlabel="predicted fracture probability", ylabel="images")
-    ax_h.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Everything at once
 # ----------------------------------------------------------------------------------------------
@@ -325,6 +241,8 @@ def evaluate_binary(
 ) -> dict:
     """Metrics with patient-bootstrap CIs, confusion, calibration; writes ``<name>.json``, ROC and calibration PNGs
     and the reliability table ``<name>_calibration.csv`` into ``out_dir``."""
+    from .evaluation_plots import plot_calibration, plot_roc
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
