@@ -112,6 +112,22 @@ def test_residual_generator_starts_as_identity_and_learns() -> None:
     assert torch.equal(rebuilt(x), gen(x))
 
 
+def test_epoch_loss_averages_reach_metrics_before_the_loggers() -> None:
+    from ignite.engine import Engine, Events
+
+    from scripts.gdc_trainer import EpochLossAverages
+
+    losses = iter([{"g_loss": 1.0, "d_loss": 4.0}, {"g_loss": 3.0, "d_loss": 0.0}, {"g_loss": 10.0, "d_loss": 2.0}])
+    engine = Engine(lambda _e, _b: {"losses": next(losses)})
+    EpochLossAverages(prefix="train_").attach(engine)
+    seen: list[dict] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(dict(e.state.metrics)))  # a logger
+    engine.run([0, 1], max_epochs=1)
+    assert seen == [{"train_g_loss": 2.0, "train_d_loss": 2.0}]
+    engine.run([0], max_epochs=1)  # a new run: its epoch starts from a reset average
+    assert seen[-1] == {"train_g_loss": 10.0, "train_d_loss": 2.0} and isinstance(seen[-1]["train_g_loss"], float)
+
+
 def test_frozen_networks_receive_no_updates() -> None:
     from scripts.classifier import FractureClassifier
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from ignite.metrics import Average
 from monai.engines import Trainer
 from PIL import Image
 from torch import nn
@@ -150,30 +151,33 @@ def loss_terms(output: dict) -> dict[str, float]:
 
 
 class EpochLossAverages:
-    """Averages each loss term over an epoch into ``engine.state.metrics`` (logged by Stats/MLflow handlers)."""
+    """Ignite ``Average`` of each loss term over an epoch, into ``engine.state.metrics[prefix + term]``.
+
+    The terms are those of the first iteration's ``output["losses"]``; one ``Average`` per term. Its
+    ``completed`` runs from this handler's ``EPOCH_COMPLETED``, registered at ``attach``, so the averages are in
+    ``engine.state.metrics`` before the Stats/MLflow handlers listed after this one read them.
+    """
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
-        self._sums: dict[str, float] = {}
-        self._n = 0
+        self.averages: dict[str, Average] = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
-        # before the other handlers' EPOCH_COMPLETED: register first in the handler list
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
 
     def _reset(self, engine: Engine) -> None:
-        self._sums, self._n = {}, 0
+        for average in self.averages.values():
+            average.reset()
 
     def _update(self, engine: Engine) -> None:
-        for k, v in engine.state.output["losses"].items():
-            self._sums[k] = self._sums.get(k, 0.0) + v
-        self._n += 1
+        for term, value in engine.state.output["losses"].items():
+            self.averages.setdefault(term, Average()).update(value)
 
-    def _complete(self, engine: Engine) -> None:
-        for k, v in self._sums.items():
-            engine.state.metrics[f"{self.prefix}{k}"] = v / max(self._n, 1)
+    def _completed(self, engine: Engine) -> None:
+        for term, average in self.averages.items():
+            average.completed(engine, f"{self.prefix}{term}")
 
 
 class LossProgressBar:
