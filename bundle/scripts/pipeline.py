@@ -3,12 +3,16 @@
 ``train.yaml``'s ``training`` calls ``train_all``. For each stage it merges
 ``common.yaml + <stage configs> + profiles/<profile>.yaml`` (the same files a user would pass to
 ``python -m monai.bundle run`` for that stage alone), applies the pipeline's overrides (data,
-output, models, tracking), trains, then runs the stage's evaluate config. A stage whose weights are
-already in ``models_dir`` is skipped unless it is named in ``retrain`` (or ``retrain`` is true).
+output, models, tracking), trains, then runs the stage's evaluate config. A stage is skipped only when
+its weights in ``models_dir`` record (``<weights>.fingerprint.json``) the fingerprint it would train with
+now: its config values, the dataset, the split and the upstream weights (``stage_parts``); otherwise it
+trains and the log says why. A stage named in ``retrain`` (or every stage, ``retrain: true``) always
+trains, from scratch: its old resumption checkpoints under ``output_dir/<stage>`` are deleted first.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -16,12 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
-from . import BUNDLE_ROOT
+from . import BUNDLE_ROOT, fingerprint
+from .resume import clear_checkpoints
+from .splits import ensure_split
 from .tracking import Tracker, default_tracking_uri, read_json, run_name
 
 logger = logging.getLogger("nasal.pipeline")
 CONFIGS = BUNDLE_ROOT / "configs"
+# config values (besides the stage's own section) that change what a stage learns
+SHARED_KEYS = (
+    "seed",
+    "split_fractions",
+    "split_seed",
+    "box_margin",
+    "crop_size",
+    "crop_source",
+    "crop_fallback_to_landmarks",
+)
+STAGE_KEYS = {"detector": ("seed", "split_fractions", "split_seed", "box_margin"), "gd": SHARED_KEYS + ("gan",)}
+STAGE_KEYS |= {"gdc1": STAGE_KEYS["gd"], "gdc2": STAGE_KEYS["gd"]}
+STAGE_SIDECAR = "stage.fingerprint.json"
 
 
 def profile_file(profile: str) -> Path:
@@ -42,9 +62,23 @@ def stage_files(stage: dict, kind: str, profile: str) -> list[str]:
     return [str(f) for f in (*files, profile_file(profile))]
 
 
-def run_workflow(files: list[str], overrides: dict[str, Any]) -> ConfigWorkflow:
-    """Initialise, run and finalise one bundle workflow (``initialize``/``run``/``finalize`` keys)."""
-    workflow = ConfigWorkflow(config_file=files, workflow_type=None, **overrides)
+def tracking_settings() -> dict:
+    """MONAI's ``--tracking mlflow`` settings, except that no handler ends the run: ``train_all`` ends the stage's
+    nested run after its evaluation has logged into it too (one run per stage)."""
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    for engine in ("trainer", "evaluator"):
+        settings["configs"][engine]["close_on_complete"] = False
+    return settings
+
+
+def run_workflow(files: list[str], overrides: dict[str, Any], tracking: str | dict | None = "mlflow") -> ConfigWorkflow:
+    """Initialise, run and finalise one bundle workflow (``initialize``/``run``/``finalize`` keys).
+
+    ``tracking="mlflow"`` is MONAI's own ``--tracking mlflow``: it adds an ``MLFlowHandler`` to the engines at
+    ``train#trainer``, ``validate#evaluator`` and ``evaluator``, logging to the config's ``tracking_uri``,
+    ``experiment_name`` and ``run_name`` (the stage's nested run, created by ``train_all``).
+    """
+    workflow = ConfigWorkflow(config_file=files, workflow_type=None, tracking=tracking, **overrides)
     workflow.initialize()
     try:
         workflow.run()
@@ -57,6 +91,60 @@ def _wanted(stage: str, retrain: bool | list[str] | str) -> bool:
     if isinstance(retrain, bool):
         return retrain
     return stage in ([retrain] if isinstance(retrain, str) else list(retrain))
+
+
+def stage_parser(stage: dict, profile: str, overrides: dict) -> ConfigParser:
+    """The stage's merged training config with the pipeline's overrides (not resolved)."""
+    parser = ConfigParser()
+    parser.read_config(stage_files(stage, "train", profile))
+    parser.update(overrides)
+    return parser
+
+
+def stage_parts(stage: dict, upstream: list[Path], parser: ConfigParser) -> tuple[dict, dict]:
+    """The fingerprint parts of a stage and the readable values behind them.
+
+    Parts: ``config`` (the stage's section and ``STAGE_KEYS``, or the stage's ``fingerprint_keys``), ``dataset``
+    (``dataset.csv`` and its files), ``split`` (the split file, made here if absent) and each upstream weights file.
+    """
+    name = stage["name"]
+    keys = (name, *stage.get("fingerprint_keys", STAGE_KEYS.get(name, SHARED_KEYS)))
+    values = {k: parser.get(k) for k in keys if k in parser}
+    dataset_dir = parser.get_parsed_content("dataset_dir")
+    fractions, seed = parser.get_parsed_content("split_fractions"), parser.get_parsed_content("split_seed")
+    split_file = ensure_split(dataset_dir, parser.get_parsed_content("split_file"), fractions, seed)
+    parts = {
+        "config": fingerprint.digest(fingerprint.without(values)),
+        "dataset": fingerprint.dataset_fingerprint(dataset_dir),
+        "split": fingerprint.file_fingerprint(split_file),
+        **{w.name: fingerprint.file_fingerprint(w) for w in upstream},
+    }
+    return parts, {"dataset_dir": str(dataset_dir), "split_file": str(split_file), "config": values}
+
+
+def stage_decision(name: str, weights: list[Path], parts: dict, retrain: bool | list[str] | str) -> tuple[bool, str]:
+    """Whether a stage trains, and why: ``(False, reason)`` only if every weights file records ``parts``."""
+    if _wanted(name, retrain):
+        return True, "retrain requested"
+    if not weights:
+        return True, "no weights to check"
+    missing = [w for w in weights if not w.is_file()]
+    if missing:
+        return True, f"no weights at {missing[0]}"
+    for w in weights:
+        reason = fingerprint.why(fingerprint.read(w), parts)
+        if reason:
+            return True, f"{reason} ({w.name})" if reason == "no fingerprint recorded" else reason
+    return False, f"weights match (fingerprint {fingerprint.combine(parts)})"
+
+
+def prepare_stage_dir(stage_dir: Path, parts: dict, fresh: bool) -> None:
+    """Delete the stage's old resumption checkpoints if ``fresh`` or made from other inputs; record ``parts``."""
+    sidecar = stage_dir / STAGE_SIDECAR
+    reason = "retrain requested" if fresh else fingerprint.why(fingerprint.read(sidecar), parts)
+    if reason:
+        clear_checkpoints(stage_dir, reason, recursive=True)
+    fingerprint.record(sidecar, parts)
 
 
 def train_all(
@@ -112,13 +200,20 @@ def train_all(
             if only and name not in only:
                 continue
             weights = [models / w for w in stage.get("weights", [])]
-            if weights and all(w.is_file() for w in weights) and not _wanted(name, retrain):
-                logger.info(
-                    "[%d/%d] %s: weights exist in %s, skipped (retrain to redo)", i + 1, len(stages), name, models
-                )
-                summary["stages"][name] = {"status": "skipped (weights exist)"}
+            upstream = [models / w for s in stages[:i] for w in s.get("weights", [])]
+            parts, inputs = stage_parts(stage, upstream, stage_parser(stage, profile, overrides))
+            train, reason = stage_decision(name, weights, parts, retrain)
+            if not train:
+                logger.info("[%d/%d] %s: skipped: %s", i + 1, len(stages), name, reason)
+                summary["stages"][name] = {"status": f"skipped ({reason})"}
                 continue
+            verb = "retraining" if any(w.is_file() for w in weights) else "training"
+            logger.info("[%d/%d] %s: %s: %s", i + 1, len(stages), name, verb, reason)
+            prepare_stage_dir(output / name, parts, fresh=_wanted(name, retrain))
             summary["stages"][name] = _run_stage(stage, i, len(stages), profile, overrides, evaluate, tracker, parent)
+            summary["stages"][name]["reason"] = reason
+            for w in weights:
+                fingerprint.record(w, parts, inputs)
         status = "FINISHED"
     finally:
         summary["status"] = status
@@ -134,7 +229,7 @@ def _run_stage(
     name = stage["name"]
     child_name = run_name(name)
     child = tracker.start(child_name, parent_id=parent, tags={"stage": name})
-    stage_overrides = {**overrides, "mlflow_run_name": child_name}
+    stage_overrides = {**overrides, "run_name": child_name}
     result: dict[str, Any] = {"run_id": child}
     try:
         logger.info("[%d/%d] %s: training (%s profile)", i + 1, n, name, profile)
@@ -156,14 +251,14 @@ def _run_stage(
         )
         stage_dir = Path(overrides["output_dir"]) / name
         stage_dir.mkdir(parents=True, exist_ok=True)
-        parser.export_config_file(parser.get(), stage_dir / "config.yaml", fmt="yaml")
-        tracker.artifact(child, stage_dir / "config.yaml", "config")
-        run_workflow(files, stage_overrides)
+        # the executed config, as MONAI's tracking writes it and logs it into the stage's run
+        stage_overrides["save_execute_config"] = str(stage_dir.resolve() / "config.json")
+        run_workflow(files, stage_overrides, tracking_settings())
         result["train_seconds"] = round(time.perf_counter() - start, 1)
         if evaluate and stage.get("evaluate"):
             logger.info("[%d/%d] %s: evaluating", i + 1, n, name)
             start = time.perf_counter()
-            run_workflow(stage_files(stage, "evaluate", profile), stage_overrides)
+            run_workflow(stage_files(stage, "evaluate", profile), stage_overrides, tracking_settings())
             result["evaluate_seconds"] = round(time.perf_counter() - start, 1)
         results_dir = Path(overrides["output_dir"]) / stage.get("results", name)
         evaluation = read_json(results_dir / "evaluation.json")
