@@ -1,11 +1,10 @@
-"""The landmark box convention, and crops that map back onto the original image."""
+"""``scripts.geometry``: the landmark box convention, and crops that map back onto the original image."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from scripts.boxes import box_iou, contains, landmark_box, squarify
-from scripts.crops import crop_box, paste_back
+from scripts.geometry import box_iou, clip_box, contains, crop_box, landmark_box, paste_back, squarify
 
 
 def test_landmark_box_is_square_contains_both_points_with_margin() -> None:
@@ -23,6 +22,23 @@ def test_squarify_and_iou() -> None:
     assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
     assert np.isclose(box_iou([0, 0, 10, 10], [5, 0, 15, 10]), 1 / 3)
     assert box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+
+
+def test_clip_box_keeps_pixel_centres_inside_a_non_square_image() -> None:
+    assert np.allclose(clip_box([-5.0, 10.0, 250.0, 400.0], (300, 200)), [0, 10, 199, 299])
+    assert np.allclose(clip_box([3.0, 4.0, 5.0, 6.0], (300, 200, 3)), [3, 4, 5, 6])
+
+
+def test_geometry_imports_nothing_from_the_bundle() -> None:
+    import ast
+    import inspect
+
+    import scripts.geometry
+
+    tree = ast.parse(inspect.getsource(scripts.geometry))
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert modules <= {"__future__", "dataclasses", "numpy", "scipy.ndimage", "cv2"}, modules
 
 
 def test_crop_then_paste_back_lands_on_the_same_pixels_in_a_non_square_image() -> None:

@@ -1,4 +1,5 @@
-"""Stage 1, the nasal bone detector: YOLO export, coordinate mapping, offline training and evaluation."""
+"""Stage 1, the nasal bone detector: YOLO export, coordinate mapping, the Ignite trainer, offline training through
+MONAI's CLI with ``--tracking mlflow``, evaluation and inference."""
 
 from __future__ import annotations
 
@@ -6,20 +7,26 @@ import csv
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from PIL import Image
 
-from scripts.boxes import landmark_box
 from scripts.dataset import read_dataset
-from scripts.detector import DetectNasalBoned, Letterbox, NasalBoneDetector, YoloSaltPepper
+from scripts.detector import DetectNasalBoned, NasalBoneDetector
+from scripts.detector_training import DetectorTrainer, YoloSaltPepper, metric_name
+from scripts.geometry import Letterbox, landmark_box
 from scripts.imageio import load_xray
 from scripts.yolo_export import box_from_yolo_label, export_yolo_dataset, yolo_label
 
-CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "bundle" / "configs"
 FRACTIONS = [0.5, 0.25, 0.25]  # 12 patients: 6 / 3 / 3, so the tiny dataset has a validation split
 
 
@@ -32,7 +39,7 @@ def _rectangle_image(shape, box, background=0.2):
 
 
 def _pixel_box(box):
-    """The ``scripts.boxes`` box of inclusive pixel ranges: pixel edges are half a pixel out."""
+    """The ``scripts.geometry`` box of inclusive pixel ranges: pixel edges are half a pixel out."""
     x1, y1, x2, y2 = box
     return np.array([x1 - 0.5, y1 - 0.5, x2 + 0.5, y2 + 0.5])
 
@@ -147,6 +154,99 @@ def test_salt_pepper_hits_the_requested_fraction_of_pixels_in_every_channel():
     assert (YoloSaltPepper(prob=0.0, seed=1)({"img": img.copy()})["img"] == img).all()
 
 
+class _Recorder:
+    """An Ignite handler recording what it sees at each event: (event, epoch, iteration, metrics, output)."""
+
+    def __init__(self, stop_at_epoch: int | None = None):
+        self.seen, self.stop_at_epoch = [], stop_at_epoch
+
+    def attach(self, engine) -> None:
+        for event in (Events.STARTED, Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED):
+            engine.add_event_handler(event, self.record, event)
+
+    def record(self, engine, event) -> None:
+        s = engine.state
+        self.seen.append((event, s.epoch, s.iteration, dict(s.metrics or {}), s.output))
+        if event == Events.EPOCH_COMPLETED and s.epoch == self.stop_at_epoch:
+            engine.terminate()
+
+
+def _ultralytics_epoch(epoch: int, final_eval: bool = False) -> SimpleNamespace:
+    """What Ultralytics' DetectionTrainer exposes to an ``on_fit_epoch_end`` callback (3 batches an epoch)."""
+    names = ("box_loss", "cls_loss", "dfl_loss")
+    return SimpleNamespace(
+        epoch=epoch,
+        tloss=torch.tensor([1.0, 0.5, 0.25]) / (epoch + 1),
+        label_loss_items=lambda loss, prefix: {f"{prefix}/{n}": float(v) for n, v in zip(names, loss, strict=True)},
+        metrics={"metrics/precision(B)": 0.5, "metrics/mAP50(B)": 0.1 * epoch, "metrics/mAP50-95(B)": 0.05},
+        lr={"lr/pg0": 0.002},
+        train_loader=[None] * 3,
+        stop=False,
+        final_evaluating=final_eval,
+    )
+
+
+class _FakeYOLO:
+    """Stands in for ``ultralytics.YOLO``: runs the epochs' callbacks (and the final re-validation's) only."""
+
+    def __init__(self, model, task=None):
+        self.callbacks = []
+
+    def add_callback(self, name, fn):
+        assert name == "on_fit_epoch_end"
+        self.callbacks.append(fn)
+
+    def train(self, epochs, **kwargs):
+        for epoch in range(epochs):
+            tr = _ultralytics_epoch(epoch)
+            for fn in self.callbacks:
+                fn(tr)
+            if tr.stop:
+                break
+        for fn in self.callbacks:
+            fn(_ultralytics_epoch(epoch + 1, final_eval=True))
+
+
+@pytest.mark.parametrize("stop_at_epoch", [None, 2])
+def test_trainer_fires_ignite_events_with_each_ultralytics_epoch(tmp_path, monkeypatch, stop_at_epoch):
+    import ultralytics
+
+    import scripts.detector_training as training
+
+    monkeypatch.setattr(ultralytics, "YOLO", _FakeYOLO)
+    saved = []
+    monkeypatch.setattr(training, "save_detector", lambda *args, **kwargs: saved.append(args))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "export.json").write_text("{}")
+    rec = _Recorder(stop_at_epoch)
+    trainer = DetectorTrainer(
+        str(tmp_path / "data" / "data.yaml"), str(tmp_path / "train"), str(tmp_path / "detector.pt"), "yolov8n.yaml",
+        64, 4, 2, "AdamW", 0.002, 0.3, threads=1, train_handlers=[rec],
+    )  # fmt: skip
+    summary = trainer.run()
+
+    epochs = stop_at_epoch or 4
+    events = [e for e, *_ in rec.seen]
+    assert events == [Events.STARTED] + [Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED] * epochs + [
+        Events.COMPLETED
+    ]
+    per_epoch = [(ep, it, m, out) for e, ep, it, m, out in rec.seen if e == Events.EPOCH_COMPLETED]
+    assert [(ep, it) for ep, it, _, _ in per_epoch] == [(k, 3 * k) for k in range(1, epochs + 1)]
+    for ep, _, metrics, output in per_epoch:
+        assert metrics["val_mAP50"] == pytest.approx(0.1 * (ep - 1)) and metrics["lr_pg0"] == 0.002
+        assert {"train_box_loss", "train_cls_loss", "train_dfl_loss", "val_precision", "val_mAP50_95"} <= set(metrics)
+        assert not any(c in k for k in metrics for c in "()")
+        assert output == [{"loss": pytest.approx(1.75 / ep)}]
+    assert trainer.state.best_metrics["val_mAP50"] == pytest.approx(0.1 * epochs)  # the final re-validation
+    assert summary["mode"] == "trained" and len(saved) == 1 and trainer.state.summary == summary
+    assert json.loads((tmp_path / "train" / "detector_run.json").read_text())["complete"] is True
+
+
+def test_metric_names_are_plain():
+    assert metric_name("metrics/mAP50-95(B)") == "val_mAP50_95"
+    assert metric_name("train/box_loss") == "train_box_loss" and metric_name("lr/pg0") == "lr_pg0"
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every attempt to reach the network is recorded and fails."""
@@ -163,41 +263,94 @@ def no_network(monkeypatch):
     return attempts
 
 
-def test_training_and_evaluation_run_offline(tiny_dataset, tmp_path, monkeypatch, no_network):
+# `python -m monai.bundle ...` with every network connection refused and written to the file named first
+NETWORK_GUARD = """
+import runpy, socket, sys
+log = sys.argv.pop(1)
+def refuse(*args, **kwargs):
+    with open(log, "a") as f:
+        f.write(repr(args[1:3]) + "\\n")
+    raise OSError("network access attempted in an offline test")
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.create_connection = socket.getaddrinfo = refuse
+runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+"""
+STAGE = [str(CONFIGS / f) for f in ("common.yaml", "detector.yaml", "profiles/tiny.yaml")]
+
+
+def _tracking_uri(config_files: list[str], output_dir: Path) -> str:
+    """The MLflow store ``--tracking mlflow`` uses: the config's ``tracking_uri``, else MONAI's default."""
+    from monai.bundle import ConfigParser
+    from monai.utils import path_to_sqlite_uri
+
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    parser["output_dir"] = str(output_dir)
+    if "tracking_uri" in parser:
+        return parser.get_parsed_content("tracking_uri")
+    return path_to_sqlite_uri(str(output_dir / "mlruns.db"))
+
+
+@pytest.fixture(scope="module")
+def cli_trained(tiny_dataset, tmp_path_factory):
+    """The detector stage run once through MONAI's CLI with ``--tracking mlflow``, offline (tiny profile)."""
+    root = tmp_path_factory.mktemp("detector_cli")
+    cwd, out, attempts = root / "cwd", root / "out", root / "network_attempts.txt"
+    cwd.mkdir()
+    cmd = [sys.executable, "-c", NETWORK_GUARD, str(attempts), "run", "--config_file", str(STAGE)]
+    cmd += ["--dataset_dir", str(tiny_dataset), "--output_dir", str(out), "--models_dir", str(out / "models")]
+    cmd += ["--split_fractions", str(FRACTIONS), "--tracking", "mlflow"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "bundle"), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return SimpleNamespace(cwd=cwd, out=out, models=out / "models", attempts=attempts, log=proc.stdout + proc.stderr)
+
+
+def test_cli_training_offline_with_mlflow_tracking(cli_trained):
+    from mlflow import MlflowClient
+
+    assert not cli_trained.attempts.exists(), cli_trained.attempts.read_text()
+    assert list(cli_trained.cwd.iterdir()) == []  # no runs/detect, mlruns or mlflow.db in the working directory
+    ckpt = torch.load(cli_trained.models / "detector.pt", map_location="cpu", weights_only=True)
+    assert ckpt["imgsz"] == 64 and ckpt["margin"] == 0.3 and ckpt["names"] == ["nasal_bone"]
+    assert json.loads((cli_trained.models / "detector.json").read_text())["imgsz"] == 64
+    assert "train_loss" in cli_trained.log  # the StatsHandler of train#handlers
+
+    client = MlflowClient(_tracking_uri(STAGE, cli_trained.out))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    ultralytics = {"train_box_loss", "train_cls_loss", "train_dfl_loss", "val_precision", "val_recall"}
+    assert ultralytics | {"val_mAP50", "val_mAP50_95", "train_loss"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "val_mAP50")
+    assert [m.step for m in history] == [1]  # one tiny epoch, logged at epoch 1
+    assert run.data.params["model"] == "yolov8n.yaml" and run.data.params["imgsz"] == "64"
+
+
+def test_evaluation_and_inference_offline(cli_trained, tiny_dataset, tmp_path, monkeypatch, no_network):
     from mlflow import MlflowClient
     from monai.bundle import run
 
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    out, models = tmp_path / "out", tmp_path / "models"
-    tracking_uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    overrides = dict(
-        dataset_dir=str(tiny_dataset),
-        output_dir=str(out),
-        models_dir=str(models),
-        split_fractions=FRACTIONS,
-        tracking_uri=tracking_uri,
-        mlflow_run_name="detector-test",
-    )
-    common, stage, tiny = (str(CONFIGS / f) for f in ("common.yaml", "detector.yaml", "profiles/tiny.yaml"))
-    run(config_file=[common, stage, tiny], **overrides)
-    run(config_file=[common, stage, str(CONFIGS / "detector_evaluate.yaml"), tiny], **overrides)
+    monkeypatch.chdir(tmp_path)
+    out, models = cli_trained.out, cli_trained.models
+    tracking_uri = "sqlite:///" + str(tmp_path / "evaluation.db")  # not the training's store
+    overrides = dict(dataset_dir=str(tiny_dataset), output_dir=str(out), models_dir=str(models))
+    evaluate = [*STAGE[:2], str(CONFIGS / "detector_evaluate.yaml"), STAGE[2]]
+    run(config_file=evaluate, tracking="mlflow", tracking_uri=tracking_uri, split_fractions=FRACTIONS, **overrides)
 
     assert no_network == []
-    assert list(cwd.iterdir()) == []  # no runs/detect, mlruns or mlflow.db in the working directory
-    ckpt = torch.load(models / "detector.pt", map_location="cpu", weights_only=True)
-    assert ckpt["imgsz"] == 64 and ckpt["margin"] == 0.3 and ckpt["names"] == ["nasal_bone"]
-    assert json.loads((models / "detector.json").read_text())["imgsz"] == 64
     result = json.loads((out / "detector" / "evaluation.json").read_text())
     assert result["images"] > 0 and 0.0 <= result["mean_iou"] <= 1.0 and result["failures"] <= result["images"]
     assert {"mAP50", "contains_both_landmarks"} <= set(result)
+    assert (out / "detector" / "evaluation_per_image_test.csv").is_file()
     with Image.open(out / "detector" / "predictions_test.png") as im:
         assert im.size == (4 * 320, 320 * -(-min(result["images"], 16) // 4))  # 4 tiles a row, up to 16
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("nasal_bone_fracture").experiment_id])
-    logged = {k for r in runs if r.info.run_name == "detector-test" for k in r.data.metrics}
-    assert {"train/box_loss", "metrics/mAP50B", "test_mean_iou"} <= logged
+    logged = {k: v for r in runs for k, v in r.data.metrics.items()}
+    assert logged["test_mean_iou"] == pytest.approx(result["mean_iou"]) and "test_mAP50" in logged
 
     # The trained weights in inference: any image shape, a box in its pixels or none; the MONAI transform.
     det = NasalBoneDetector(models / "detector.pt", conf=0.0)

@@ -3,7 +3,7 @@
 Each image is cropped to its nasal bone box (the detector's box, squared, or the landmark box when
 the config says so) and resampled to ``size x size``. Crops are cached once per (box source, size)
 as 16-bit PNGs with their fracture masks and a ``crops.csv``; the classifier and G-D-C stages read
-that cache. ``paste_back`` maps anything computed on a crop onto the original image's pixel grid.
+that cache. ``scripts.geometry.paste_back`` maps anything computed on a crop onto the original image's pixel grid.
 """
 
 from __future__ import annotations
@@ -15,44 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import map_coordinates
 
-from .boxes import DEFAULT_MARGIN, landmark_box, squarify
 from .dataset import landmarks
+from .geometry import DEFAULT_MARGIN, crop_box, landmark_box, squarify
 from .imageio import load_xray, save_xray
 from .splits import SPLITS, split_records
 
 logger = logging.getLogger(__name__)
 CROP_COLUMNS = ("image", "mask", "label", "patient_id", "split", "source_image", "x1", "y1", "x2", "y2", "box_source")
-
-
-def crop_box(image: np.ndarray, box, size: int, order: int = 1) -> np.ndarray:
-    """Resample the ``box`` region of a ``(rows, cols)`` image to ``(size, size)``; outside the image is 0."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    t = (np.arange(size) + 0.5) / size
-    xs = x1 - 0.5 + t * (x2 - x1)
-    ys = y1 - 0.5 + t * (y2 - y1)
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    return map_coordinates(image, [yy, xx], order=order, mode="constant", cval=0.0).astype(np.float32)
-
-
-def paste_back(crop_map: np.ndarray, box, shape, order: int = 1) -> np.ndarray:
-    """Map a ``(size, size)`` array computed on a crop back onto an image of ``shape``; 0 outside the box."""
-    size = crop_map.shape[-1]
-    h, w = shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box)
-    out = np.zeros((h, w), dtype=np.float32)
-    c0, c1 = max(0, int(np.floor(x1))), min(w, int(np.ceil(x2)) + 1)
-    r0, r1 = max(0, int(np.floor(y1))), min(h, int(np.ceil(y2)) + 1)
-    if c1 <= c0 or r1 <= r0:
-        return out
-    cols = (np.arange(c0, c1) + 0.5 - x1) * size / (x2 - x1) - 0.5
-    rows = (np.arange(r0, r1) + 0.5 - y1) * size / (y2 - y1) - 0.5
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    inside = (rr >= -0.5) & (rr <= size - 0.5) & (cc >= -0.5) & (cc <= size - 0.5)
-    vals = map_coordinates(crop_map.astype(np.float32), [rr, cc], order=order, mode="nearest")
-    out[r0:r1, c0:c1] = np.where(inside, vals, 0.0)
-    return out
 
 
 def _boxes_from_landmarks(records: list[dict], margin: float) -> dict[str, tuple[np.ndarray, float]]:

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import squarify
-from .crops import crop_box, paste_back
+from .geometry import crop_box, paste_back, squarify
 from .imageio import SUFFIXES, _is_dicom, _suffix, load_xray
 from .masks import region_map
 from .visualise import overlay

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .boxes import landmark_box
 from .dataset import CSV_NAME, landmarks
+from .geometry import landmark_box
 from .splits import SPLITS, split_records
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,313 @@
+"""Stage 1 training: ``DetectorTrainer``, an Ignite engine that trains the Ultralytics detector.
+
+``train#trainer`` of ``configs/detector.yaml``. ``run()`` trains (or resumes) with Ultralytics fully
+offline in the run directory and writes ``@models_dir/detector.pt`` (+ ``detector.json``), as
+``scripts.detector.save_detector`` describes. It fires Ignite's events so that handlers attached to it
+(``train_handlers``, e.g. MONAI's ``StatsHandler``, or the ``MLFlowHandler`` that
+``monai.bundle run --tracking mlflow`` adds to ``train#handlers``) see it as a MONAI trainer: ``STARTED``;
+per Ultralytics epoch ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED`` with ``state.epoch``,
+``state.iteration`` (the batches done), ``state.output`` (``[{"loss": total train loss}]``) and
+``state.metrics`` (``epoch_metrics``); then ``COMPLETED``.
+
+Salt-and-pepper noise (the thesis's third augmentation, 5% of pixels) is not an Ultralytics
+augmentation; it is added on the fly: the training dataset is a ``YOLODataset`` whose transform chain
+gets a salt-and-pepper step (``RandSaltPepper``'s semantics: with probability ``salt_pepper#prob``, a
+fresh random ``salt_pepper#amount`` of the pixels set to black or white every time an image is drawn)
+just before Ultralytics' final formatting step.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from .detector import save_detector, ultralytics_device
+from .yolo_export import prepare_ultralytics
+
+logger = logging.getLogger(__name__)
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` (default: every core) in torch and in Ultralytics' CPU device selection."""
+    n = int(threads or os.cpu_count() or 1)
+    import ultralytics.utils.torch_utils as tu
+
+    tu.NUM_THREADS = n
+    torch.set_num_threads(n)
+    return n
+
+
+class YoloSaltPepper:
+    """Ultralytics-style transform (``labels["img"]`` is ``(rows, cols, 3)`` uint8): with probability ``prob``,
+    ``amount`` of the pixels become black or white (half each), the same pixels in every channel.
+
+    ``scripts.transforms.RandSaltPepper`` semantics, drawing ``amount * pixels`` positions instead of one
+    random number per pixel: it runs on every drawn training image, where its cost matters on a CPU.
+    """
+
+    def __init__(self, prob: float = 0.5, amount: float = 0.05, seed: int | None = None):
+        if not 0.0 <= amount <= 1.0:
+            raise ValueError(f"amount must be in [0, 1], got {amount}")
+        self.prob, self.amount, self.rng = float(prob), float(amount), np.random.default_rng(seed)
+
+    def __call__(self, labels: dict) -> dict:
+        if self.rng.random() >= self.prob:
+            return labels
+        img = labels["img"] = np.ascontiguousarray(labels["img"])
+        flat = img.reshape(-1, img.shape[-1]) if img.ndim == 3 else img.reshape(-1, 1)  # a view: edits img
+        idx = self.rng.choice(flat.shape[0], size=round(self.amount * flat.shape[0]), replace=False, shuffle=False)
+        half = len(idx) // 2
+        flat[idx[:half]] = 0
+        flat[idx[half:]] = 255
+        return labels
+
+
+def _trainer_class(prob: float, amount: float, seed: int):
+    """A ``DetectionTrainer`` whose training dataset adds salt-and-pepper noise (``YoloSaltPepper``)."""
+    from copy import copy
+
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class SaltPepperDataset(YOLODataset):
+        def build_transforms(self, hyp=None):
+            transforms = super().build_transforms(hyp)
+            if self.augment and prob > 0 and amount > 0:
+                transforms.insert(len(transforms.transforms) - 1, YoloSaltPepper(prob, amount, seed))  # before Format
+            return transforms
+
+    class NasalBoneTrainer(DetectionTrainer):
+        def build_dataset(self, img_path, mode="train", batch=None):
+            dataset = super().build_dataset(img_path, mode, batch)
+            if mode == "train" and type(dataset) is YOLODataset:
+                dataset.__class__ = SaltPepperDataset
+                dataset.transforms = dataset.build_transforms(copy(self.args))
+            return dataset
+
+        def final_eval(self):
+            # Ultralytics re-validates best.pt and reports it through "on_fit_epoch_end" at epoch + 1; flag it
+            self.final_evaluating = True
+            try:
+                super().final_eval()
+            finally:
+                self.final_evaluating = False
+
+    return NasalBoneTrainer
+
+
+def _results(run_dir: Path) -> list[dict]:
+    """The rows of Ultralytics' ``results.csv``, one per epoch."""
+    path = run_dir / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+    by_epoch = {row["epoch"]: row for row in rows}  # a resumed run may repeat the interrupted epoch
+    return list(by_epoch.values())
+
+
+def metric_name(key: str) -> str:
+    """An Ultralytics metric key as a plain MLflow name: ``metrics/mAP50-95(B)`` -> ``val_mAP50_95``,
+    ``train/box_loss`` -> ``train_box_loss``, ``lr/pg0`` -> ``lr_pg0``."""
+    key = re.sub(r"\(\w+\)$", "", key.strip())  # "(B)": box metrics
+    return key.replace("metrics/", "val_").replace("/", "_").replace("-", "_")
+
+
+def epoch_metrics(trainer) -> dict[str, float]:
+    """One Ultralytics epoch's numbers: train box/cls/dfl losses, validation losses, precision, recall,
+    mAP50, mAP50-95 and learning rates, under ``metric_name``s."""
+    raw = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}), **trainer.lr}
+    return {metric_name(k): float(v) for k, v in raw.items()}
+
+
+def _train_batches(data_yaml: str, batch: int) -> int:
+    """Batches per epoch of an exported split (``yolo_data/images/train``), before Ultralytics reports it."""
+    n = sum(1 for _ in (Path(data_yaml).parent / "images" / "train").glob("*.png"))
+    return max(1, math.ceil(n / max(1, batch)))
+
+
+class DetectorTrainer(Engine):
+    """Train (or resume) the nasal bone detector; ``run()`` returns a summary dict (also ``state.summary``).
+
+    A run directory holds Ultralytics' files and ``detector_run.json`` (the settings' fingerprint and
+    whether training finished). An unfinished run with the same settings and a ``last.pt`` resumes;
+    anything else (a finished run, changed settings or data) trains from scratch. ``train_handlers`` are
+    attached like MONAI's ``Trainer`` does; a handler calling ``terminate()`` stops Ultralytics after the epoch.
+    """
+
+    def __init__(
+        self,
+        data_yaml: str,
+        run_dir: str,
+        weights_out: str,
+        model: str,
+        imgsz: int,
+        epochs: int,
+        batch: int,
+        optimizer: str,
+        lr0: float,
+        margin: float,
+        train_args: dict | None = None,
+        augment: dict | None = None,
+        salt_pepper: dict | None = None,
+        device=None,
+        seed: int = 0,
+        threads: int | None = None,
+        train_handlers: Sequence | None = None,
+    ):
+        super().__init__(self._no_step)
+        self.data_yaml, self.run_dir, self.weights_out = data_yaml, Path(run_dir), Path(weights_out)
+        self.model, self.margin, self.threads = model, float(margin), threads
+        self.n_threads: int | None = None  # the threads actually used, set by run()
+        self.salt_pepper = {"prob": 0.0, "amount": 0.05, **(salt_pepper or {})}
+        self.args = {
+            **(train_args or {}),
+            **(augment or {}),
+            "imgsz": int(imgsz),
+            "epochs": int(epochs),
+            "batch": int(batch),
+            "optimizer": optimizer,
+            "lr0": float(lr0),
+            "seed": int(seed),
+            "amp": False,
+            "pretrained": False,
+            "close_mosaic": 0,
+            "exist_ok": True,
+            "project": str(self.run_dir.parent.resolve()),
+            "name": self.run_dir.name,
+        }
+        self.device = ultralytics_device(device)
+        self.train_handlers = list(train_handlers or [])
+        for handler in self.train_handlers:
+            handler.attach(self)
+        self.add_event_handler(Events.STARTED, self._log_params)  # after the handlers' own STARTED (MLflow's run)
+
+    @staticmethod
+    def _no_step(engine: Engine, batch: Any) -> None:
+        raise RuntimeError("DetectorTrainer runs Ultralytics' training loop; call run() without data")
+
+    def params(self) -> dict[str, Any]:
+        """The settings of this run, as logged to experiment trackers."""
+        return {
+            "model": self.model,
+            "margin": self.margin,
+            "threads": self.n_threads or self.threads,
+            **{f"salt_pepper_{k}": v for k, v in self.salt_pepper.items()},
+            **{k: v for k, v in self.args.items() if k not in ("project", "name", "exist_ok")},
+        }
+
+    def _log_params(self, engine: Engine) -> None:
+        """Log ``params()`` into the MLflow run of every attached ``MLFlowHandler`` (it has a client and a run)."""
+        for h in self.train_handlers:
+            run = getattr(h, "cur_run", None)
+            if run is None or not hasattr(h, "client"):
+                continue
+            from mlflow.entities import Param
+
+            params = [Param(k, str(v)[:6000]) for k, v in self.params().items()]
+            try:
+                h.client.log_batch(run.info.run_id, params=params)
+            except Exception as e:  # a resumed run whose params were logged with other values
+                logger.warning("detector: parameters not logged to MLflow: %s", e)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes the trained weights (settings and exported data)."""
+        keep = {k: v for k, v in self.args.items() if k not in ("workers", "cache", "plots", "project", "name")}
+        text = json.dumps(
+            {
+                "model": self.model,
+                "args": keep,
+                "salt_pepper": self.salt_pepper,
+                "margin": self.margin,
+                "data": Path(self.data_yaml).parent.joinpath("export.json").read_text(),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _epoch_end(self, tr) -> None:
+        """Ultralytics' ``on_fit_epoch_end``: one Ignite iteration and epoch with that epoch's numbers."""
+        if getattr(tr, "final_evaluating", False):
+            self.state.best_metrics = epoch_metrics(tr)  # best.pt re-validated after the last epoch
+            return
+        self.state.epoch = tr.epoch + 1
+        self.state.epoch_length = len(tr.train_loader)
+        self.state.iteration = self.state.epoch * self.state.epoch_length
+        self.state.metrics = epoch_metrics(tr)
+        # decollated like a MONAI trainer's output; "loss": box + cls + dfl, the mean over the epoch's batches
+        self.state.output = [{"loss": float(tr.tloss.sum())}]
+        self.fire_event(Events.ITERATION_COMPLETED)
+        self.fire_event(Events.EPOCH_COMPLETED)
+        if self.should_terminate:
+            tr.stop = True
+
+    def run(self) -> dict:  # type: ignore[override]
+        """Train or resume; write ``detector.pt``; return the summary."""
+        prepare_ultralytics(self.run_dir.parent / "ultralytics")
+        from ultralytics import YOLO
+
+        self.n_threads = set_threads(self.threads)
+        state_file = self.run_dir / "detector_run.json"
+        saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        key = self.fingerprint()
+        last, best = self.run_dir / "weights" / "last.pt", self.run_dir / "weights" / "best.pt"
+        resume = saved.get("fingerprint") == key and not saved.get("complete") and last.is_file()
+        self.should_terminate = False
+        self.state.max_epochs = self.args["epochs"]
+        self.state.epoch_length = _train_batches(self.data_yaml, self.args["batch"])
+        self.state.epoch, self.state.iteration, self.state.metrics, self.state.output = 0, 0, {}, None
+        t0 = time.perf_counter()
+        try:
+            self.fire_event(Events.STARTED)
+            trainer = _trainer_class(self.salt_pepper["prob"], self.salt_pepper["amount"], self.args["seed"])
+            if not resume and self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps({"fingerprint": key, "complete": False}))
+            yolo = YOLO(str(last) if resume else self.model, task="detect")
+            yolo.add_callback("on_fit_epoch_end", self._epoch_end)
+            if resume:
+                logger.info("detector: resuming the interrupted run from %s", last)
+                workers, cache = self.args.get("workers", 0), self.args.get("cache", False)
+                yolo.train(
+                    resume=True, trainer=trainer, data=self.data_yaml, device=self.device, workers=workers, cache=cache
+                )
+            else:
+                yolo.train(trainer=trainer, data=self.data_yaml, device=self.device, **self.args)
+        except Exception as e:
+            self._fire_event(Events.EXCEPTION_RAISED, e)  # as Ignite does: e.g. StatsHandler logs it
+            raise
+        seconds = time.perf_counter() - t0
+        rows = _results(self.run_dir)
+        final = rows[-1] if rows else {}
+        summary = {
+            "mode": "resumed" if resume else "trained",
+            "train_seconds": round(seconds, 1),
+            "epochs_done": len(rows),
+            "mAP50_val": float(final.get("metrics/mAP50(B)", "nan")),
+            "mAP50_95_val": float(final.get("metrics/mAP50-95(B)", "nan")),
+        }
+        state_file.write_text(json.dumps({"fingerprint": key, "complete": True, **summary}))
+        info = {"run_dir": str(self.run_dir), **summary}
+        save_detector(best if best.is_file() else last, self.weights_out, self.args["imgsz"], self.margin, info)
+        self.state.summary = summary
+        self.fire_event(Events.COMPLETED)
+        logger.info("detector: %s in %.0f s, weights %s", summary["mode"], seconds, self.weights_out)
+        return summary
+
+
+__all__ = ["DetectorTrainer", "YoloSaltPepper", "epoch_metrics", "metric_name", "set_threads"]
