@@ -13,13 +13,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from scripts.dicom_out import (
-    DETECTOR_CONFIDENCE,
-    NASAL_BONE_DETECTED,
-    NASAL_BONE_FRACTURE,
-    largest_region_outline,
-    write_dicom_outputs,
-)
+from scripts.dicom_out import write_dicom_outputs
+from scripts.dicom_sr import DETECTOR_CONFIDENCE, NASAL_BONE_DETECTED, NASAL_BONE_FRACTURE, largest_region_outline
 
 ROWS, COLS = 64, 48
 BOX = [3.5, 4.0, 30.0, 50.0]
