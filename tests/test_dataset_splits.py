@@ -88,3 +88,42 @@ def test_contract_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,1,1,1,2,2,\n")
     with pytest.raises(DatasetError, match="do not exist"):
         read_dataset(tmp_path)
+
+
+def test_split_honours_fractions_and_seed_when_first_made(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "d", n_patients=20)
+    records = read_dataset(tmp_path / "d")
+    expected = assign_splits(records, (0.5, 0.25, 0.25), seed=7)
+    train = split_records(tmp_path / "d", tmp_path / "split.csv", "train", (0.5, 0.25, 0.25), 7)
+    assert {r["patient_id"] for r in train} == {p for p, s in expected.items() if s == "train"}
+    assert (tmp_path / "split.fingerprint.json").is_file()
+
+
+def test_split_is_rebuilt_only_when_what_it_is_made_from_changes(tmp_path: Path, caplog) -> None:
+    folder, split_file = tmp_path / "d", tmp_path / "split.csv"
+    _write_folder(folder, n_patients=20)
+    ensure_split(folder, split_file, (0.5, 0.25, 0.25), 1)
+    stamp = split_file.stat().st_mtime_ns
+    ensure_split(folder, split_file, (0.5, 0.25, 0.25), 1)
+    ensure_split(folder, split_file)  # no fractions or seed given: the existing split's are kept
+    assert split_file.stat().st_mtime_ns == stamp
+    with caplog.at_level("INFO"):
+        ensure_split(folder, split_file, (0.5, 0.25, 0.25), 2)
+    assert "rebuilding the split: seed changed" in caplog.text
+    expected = assign_splits(read_dataset(folder), (0.5, 0.25, 0.25), 2)
+    assert read_split(split_file) == {r["id"]: expected[r["patient_id"]] for r in read_dataset(folder)}
+    _write_folder(folder, n_patients=24)  # new patients in the dataset
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert len(split_records(folder, split_file, "train") + split_records(folder, split_file, "test")) > 0
+    assert "dataset changed" in caplog.text and len(read_split(split_file)) == 48
+
+
+def test_hand_made_split_without_fingerprint_is_used_as_it_is(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "d", n_patients=10)
+    split_file = ensure_split(tmp_path / "d", tmp_path / "split.csv", seed=4)
+    (tmp_path / "split.fingerprint.json").unlink()
+    text = split_file.read_text().replace(",train", ",test")
+    split_file.write_text(text)
+    ensure_split(tmp_path / "d", split_file, (0.8, 0.1, 0.1), 0)
+    assert split_file.read_text() == text
