@@ -64,3 +64,69 @@ def test_crop_outside_image_is_zero_padded() -> None:
     img = np.ones((50, 50), np.float32)
     crop = crop_box(img, [-50, -50, 50, 50], 20)
     assert crop[:5, :5].max() == 0 and crop[-5:, -5:].min() > 0.99
+
+
+def _two_folders(tiny_dataset, root, n: int = 8):
+    """A dataset whose images come in pairs with the same file name: ``a/<name>`` and ``b/<name>``."""
+    import csv
+    import shutil
+
+    from scripts.dataset import write_dataset_csv
+
+    with open(tiny_dataset / "dataset.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    out = []
+    for folder in ("a", "b"):
+        for row in rows:
+            row = dict(row, patient_id=f"{folder}_{row['patient_id']}")
+            for key in ("image", "fracture_mask"):
+                if row[key]:
+                    dest = root / folder / row[key]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(tiny_dataset / row[key], dest)
+                    row[key] = f"{folder}/{row[key]}"
+            out.append(row)
+    write_dataset_csv(root, out)
+    return root
+
+
+def test_crop_cache_is_keyed_by_its_inputs_and_names_never_collide(tiny_dataset, tmp_path) -> None:
+    import csv
+    from pathlib import Path
+
+    from scripts.crops import ensure_crops, unique_stems
+
+    data = _two_folders(tiny_dataset, tmp_path / "data")
+    split_file, crops_dir = tmp_path / "out" / "split.csv", tmp_path / "out" / "crops" / "landmarks_32"
+    first = ensure_crops(data, split_file, crops_dir, 32, "landmarks", fractions=[0.5, 0.25, 0.25], seed=1)
+    assert first.parent.name.startswith("landmarks_32_") and (first.parent / "fingerprint.json").is_file()
+    with open(first, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and len({r["image"] for r in rows}) == 16
+    assert {Path(r["image"]).name.split("__")[0] for r in rows} == {"a", "b"}
+    assert len(list((first.parent / "images").iterdir())) == 16
+    # same inputs: the cache is reused as it is
+    stamp = first.stat().st_mtime_ns
+    assert ensure_crops(data, split_file, crops_dir, 32, "landmarks", fractions=[0.5, 0.25, 0.25], seed=1) == first
+    assert first.stat().st_mtime_ns == stamp
+    # changed data (a landmark moved): a new cache beside the old one; the split (same images) is kept
+    split_stamp = split_file.stat().st_mtime_ns
+    table = (data / "dataset.csv").read_text().splitlines()
+    cells = table[1].split(",")
+    cells[3] = str(float(cells[3]) + 5)
+    (data / "dataset.csv").write_text("\n".join([table[0], ",".join(cells), *table[2:]]) + "\n")
+    second = ensure_crops(data, split_file, crops_dir, 32, "landmarks")
+    assert second != first and second.is_file() and first.is_file()
+    assert split_file.stat().st_mtime_ns == split_stamp
+    # another margin, another cache
+    assert ensure_crops(data, split_file, crops_dir, 32, "landmarks", margin=0.5).parent not in (
+        first.parent,
+        second.parent,
+    )
+    assert unique_stems(["a/x.dcm", "b/x.dcm", "c/y.nii.gz"]) == {
+        "a/x.dcm": "a__x",
+        "b/x.dcm": "b__x",
+        "c/y.nii.gz": "c__y",
+    }
+    stems = unique_stems(["a/x.png", "a/x.dcm"])
+    assert len(set(stems.values())) == 2 and all(s.startswith("a__x_") for s in stems.values())

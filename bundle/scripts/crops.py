@@ -1,27 +1,33 @@
 """Nasal bone crops: the pre-processing step between the detector and every later stage.
 
 Each image is cropped to its nasal bone box (the detector's box, squared, or the landmark box when
-the config says so) and resampled to ``size x size``. Crops are cached once per (box source, size)
-as 16-bit PNGs with their fracture masks and a ``crops.csv``; the classifier and G-D-C stages read
+the config says so) and resampled to ``size x size``. Crops are cached as 16-bit PNGs (named after the
+image's relative path) with their fracture masks and a ``crops.csv`` in a folder keyed by the
+fingerprint of what they were made from (``scripts.fingerprint``); the classifier and G-D-C stages read
 that cache. ``scripts.geometry.paste_back`` maps anything computed on a crop onto the original image's pixel grid.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import fingerprint
 from .dataset import landmarks
 from .geometry import DEFAULT_MARGIN, crop_box, landmark_box, squarify
 from .imageio import load_xray, save_xray
-from .splits import SPLITS, split_records
+from .splits import SPLITS, ensure_split, split_records
 
 logger = logging.getLogger(__name__)
+CROPS_VERSION = 2  # 2: crop names from the image's relative path; keyed cache folders
 CROP_COLUMNS = ("image", "mask", "label", "patient_id", "split", "source_image", "x1", "y1", "x2", "y2", "box_source")
 
 
@@ -47,8 +53,15 @@ def ensure_crops(
     margin: float = DEFAULT_MARGIN,
     fallback_to_landmarks: bool = False,
     detector_kwargs: dict | None = None,
+    fractions: list[float] | None = None,
+    seed: int | None = None,
 ) -> Path:
     """Build (or reuse) the crop cache of every split; return the path of its ``crops.csv``.
+
+    The cache lives in ``<out_dir>_<fingerprint>``, keyed by what the crops are made from: the split file
+    (created here with ``fractions`` and ``seed`` if absent, see ``scripts.splits.ensure_split``), the dataset
+    (``dataset.csv`` and its files), size, margin, box source and the detector weights' sha256. A cache whose
+    recorded fingerprint matches is reused; otherwise a new folder is written and the log says what changed.
 
     ``source`` is ``"detector"`` (boxes from the trained detector at ``detector_weights``) or
     ``"landmarks"`` (ground-truth landmark boxes). With ``source="detector"`` and no weights, the
@@ -56,10 +69,16 @@ def ensure_crops(
     Images where the detector finds nothing fall back to their landmark box and are counted in
     ``crops.json``, which records the box source actually used.
     """
-    out = Path(out_dir)
+    ensure_split(dataset_dir, split_file, fractions, seed)
+    parts = crop_parts(dataset_dir, split_file, size, source, detector_weights, margin, fallback_to_landmarks)
+    parts["detector_kwargs"] = fingerprint.digest(detector_kwargs or {})
+    out = Path(f"{Path(out_dir)}_{fingerprint.combine(parts)}")
     csv_path = out / "crops.csv"
-    if csv_path.is_file():
+    if csv_path.is_file() and fingerprint.matches(out, parts)[0]:
         return csv_path
+    logger.info("crops: building %s: %s", out, _why_new(Path(out_dir), parts))
+    if out.exists():
+        shutil.rmtree(out)
     if source not in ("detector", "landmarks"):
         raise ValueError(f"crop source must be 'detector' or 'landmarks', got '{source}'")
     if source == "detector" and not (detector_weights and Path(detector_weights).is_file()):
@@ -78,6 +97,7 @@ def ensure_crops(
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows, missed = [], 0
+    stems = unique_stems([r["id"] for s in SPLITS for r in split_records(dataset_dir, split_file, s)])
     for split in SPLITS:
         records = split_records(dataset_dir, split_file, split)
         gt = _boxes_from_landmarks(records, margin)
@@ -87,7 +107,7 @@ def ensure_crops(
             used = source
             if box is None:
                 box, used, missed = gt[r["id"]][0], "landmarks", missed + 1
-            stem = Path(r["id"]).name.split(".")[0]
+            stem = stems[r["id"]]
             img_path = save_xray(out / "images" / stem, crop_box(load_xray(r["image"]), box, size), "png16")
             mask_rel = ""
             if r["fracture_mask"]:
@@ -119,8 +139,61 @@ def ensure_crops(
         writer.writerows(rows)
     info = {"box_source": source, "size": size, "margin": margin, "images": len(rows), "detector_misses": missed}
     (out / "crops.json").write_text(json.dumps(info, indent=2))
+    inputs = {"dataset_dir": str(Path(dataset_dir).resolve()), "split_file": str(split_file), "images": len(rows)}
+    fingerprint.record(out, parts, {**inputs, "detector_weights": str(detector_weights or "")})
     logger.info("wrote %d crops (%s boxes, %d detector misses) to %s", len(rows), source, missed, out)
     return csv_path
+
+
+def crop_parts(
+    dataset_dir: str | Path,
+    split_file: str | Path,
+    size: int,
+    source: str,
+    detector_weights: str | Path | None,
+    margin: float,
+    fallback_to_landmarks: bool = False,
+) -> dict:
+    """What a crop cache is made from (the parts of its fingerprint)."""
+    detector = fingerprint.file_fingerprint(detector_weights) if source == "detector" and detector_weights else None
+    return {
+        "split": fingerprint.file_fingerprint(split_file),
+        "dataset": fingerprint.dataset_fingerprint(dataset_dir),
+        "size": int(size),
+        "margin": round(float(margin), 6),
+        "source": source,
+        "fallback_to_landmarks": bool(fallback_to_landmarks),
+        "detector_weights": detector,
+        "version": CROPS_VERSION,
+    }
+
+
+def _why_new(out_dir: Path, parts: dict) -> str:
+    """Why no cache fits: what differs from the newest keyed cache beside it (``<out_dir>_*``)."""
+    caches = [p for p in out_dir.parent.glob(f"{out_dir.name}_*") if fingerprint.read(p)]
+    if not caches:
+        return "no crop cache yet"
+    newest = max(caches, key=lambda p: fingerprint.sidecar(p).stat().st_mtime)
+    return f"{fingerprint.why(fingerprint.read(newest), parts) or 'incomplete cache'} (since {newest.name})"
+
+
+def unique_stems(ids: list[str]) -> dict[str, str]:
+    """A flat, collision-free file stem per image id: ``a/IM0001.dcm`` -> ``a__IM0001``.
+
+    Ids that would still share a stem (``a/x.png``, ``a/x.dcm``) get a short hash of the id appended.
+    """
+    flat = {}
+    for rid in ids:
+        name = rid.replace("\\", "/")
+        name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
+        flat[rid] = name.strip("/").replace("/", "__")
+    counts: dict[str, int] = {}
+    for stem in flat.values():
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    return {
+        rid: stem if counts[stem.lower()] == 1 else f"{stem}_{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
+        for rid, stem in flat.items()
+    }
 
 
 def crop_records(crops_csv: str | Path, split: str, label: int | None = None) -> list[dict]:

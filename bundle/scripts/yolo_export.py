@@ -9,8 +9,10 @@ it never downloads one.
 ``export_yolo_dataset`` writes a data-contract folder in the Ultralytics layout
 (``images/<split>/*.png`` as 8-bit grayscale, ``labels/<split>/*.txt`` with one class, ``data.yaml``),
 the box of each image being the landmark box (``scripts.boxes.landmark_box``) clipped to the image.
-DICOM, NIfTI and 16-bit PNG are converted on the way with ``load_xray``. The export is cached: it is
-rebuilt only when the split file, the dataset table or the margin change.
+DICOM, NIfTI and 16-bit PNG are converted on the way with ``load_xray``. The export is cached and keyed
+by a fingerprint (``scripts.fingerprint``, recorded in ``fingerprint.json``): it is rebuilt, with a log
+line saying why, only when the split file, the dataset (``dataset.csv`` and its images) or the margin change.
+The split file is made first if absent, with the config's fractions and seed.
 
 Coordinates: ``scripts.boxes`` puts the centre of pixel ``(r, c)`` at ``(x=c, y=r)``, so the image spans
 ``[-0.5, cols - 0.5]``; Ultralytics puts pixel ``c`` on ``[c, c + 1]``. ``yolo_label`` adds the half pixel.
@@ -18,7 +20,6 @@ Coordinates: ``scripts.boxes`` puts the centre of pixel ``(r, c)`` at ``(x=c, y=
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import CSV_NAME, landmarks
+from . import fingerprint
+from .dataset import landmarks
 from .geometry import landmark_box
 from .splits import SPLITS, split_records
 
 logger = logging.getLogger(__name__)
 CLASS_NAME = "nasal_bone"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: fingerprint parts; stems made unique
 INTEGRATIONS = ("sync", "mlflow", "tensorboard", "wandb", "comet", "clearml", "dvc", "neptune", "raytune", "hub")
 
 
@@ -95,26 +97,14 @@ def box_from_yolo_label(label, shape) -> np.ndarray:
     return np.array([(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h]) - 0.5
 
 
-def _stem(record_id: str) -> str:
-    """A flat file stem for an image id (``images/a/b.nii.gz`` -> ``images__a__b``)."""
-    name = record_id.replace("\\", "/")
-    for suffix in (".nii.gz",):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    name = os.path.splitext(name)[0]
-    return name.replace("/", "__")
-
-
-def _export_key(dataset_dir: str | Path, split_file: str | Path, margin: float) -> str:
-    h = hashlib.sha256()
-    for path in (Path(split_file), Path(dataset_dir) / CSV_NAME):
-        h.update(path.read_bytes())
-    h.update(
-        json.dumps(
-            {"margin": float(margin), "version": EXPORT_VERSION, "dataset": str(Path(dataset_dir).resolve())}
-        ).encode()
-    )
-    return h.hexdigest()[:16]
+def export_parts(dataset_dir: str | Path, split_file: str | Path, margin: float) -> dict:
+    """What an export is made from (the parts of its fingerprint)."""
+    return {
+        "split": fingerprint.file_fingerprint(split_file),
+        "dataset": fingerprint.dataset_fingerprint(dataset_dir),
+        "margin": round(float(margin), 6),
+        "version": EXPORT_VERSION,
+    }
 
 
 def export_yolo_dataset(
@@ -128,15 +118,19 @@ def export_yolo_dataset(
     """Export (or reuse) the dataset in the Ultralytics layout under ``out_dir``; return the ``data.yaml`` path."""
     from PIL import Image
 
+    from .crops import unique_stems
     from .imageio import load_xray
 
     out = Path(out_dir)
     records = {s: split_records(dataset_dir, split_file, s, fractions, seed) for s in SPLITS}
-    key = _export_key(dataset_dir, split_file, margin)
+    parts = export_parts(dataset_dir, split_file, margin)
     stamp = out / "export.json"
     data_yaml = out / "data.yaml"
-    if stamp.is_file() and data_yaml.is_file() and json.loads(stamp.read_text()).get("key") == key:
+    same, reason = fingerprint.matches(out, parts) if out.is_dir() else (False, "no export yet")
+    if same and stamp.is_file() and data_yaml.is_file():
         return str(data_yaml)
+    logger.info("YOLO export %s: building: %s", out, reason or "incomplete export")
+    stems = unique_stems([r["id"] for recs in records.values() for r in recs])
     if out.exists():
         shutil.rmtree(out)
     counts = {}
@@ -145,7 +139,7 @@ def export_yolo_dataset(
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for r in recs:
             img = load_xray(r["image"])
-            stem = _stem(r["id"])
+            stem = stems[r["id"]]
             Image.fromarray(np.round(img * 255).astype(np.uint8)).save(out / "images" / split / f"{stem}.png")
             xc, yc, bw, bh = yolo_label(target_box(r, img.shape, margin), img.shape)
             (out / "labels" / split / f"{stem}.txt").write_text(f"0 {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}\n")
@@ -159,6 +153,7 @@ def export_yolo_dataset(
         f"path: {out.resolve()}\ntrain: images/train\nval: {val}\ntest: images/test\n"
         f"names:\n  0: {CLASS_NAME}\n"
     )
-    stamp.write_text(json.dumps({"key": key, "margin": margin, "images": counts, "val": val}, indent=2))
+    stamp.write_text(json.dumps({"margin": margin, "images": counts, "val": val}, indent=2))
+    fingerprint.record(out, parts, {"dataset_dir": str(Path(dataset_dir).resolve()), "split_file": str(split_file)})
     logger.info("exported %s images to %s", counts, out)
     return str(data_yaml)
