@@ -33,7 +33,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .masks import batched, choose_threshold, dice_iou, difference_map, load_crops, scale01
+from .masks import batched, choose_threshold, difference_map, load_crops, region_overlap, scale01
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,10 @@ def score_maps(
     maps: np.ndarray, truths: np.ndarray, threshold: float, tolerance: int = 3, bootstrap: int = 1000
 ) -> dict:
     """Pointing game, Dice, IoU and energy share (means and 95% bootstrap intervals) of maps ``(N, H, W)``."""
-    per = {"pointing": [], "dice": [], "iou": [], "energy": []}
-    for m, g in zip(maps, truths, strict=True):
-        per["pointing"].append(float(pointing_hit(m, g, tolerance)))
-        d, i = dice_iou(m >= threshold, g)
-        per["dice"].append(d)
-        per["iou"].append(i)
-        per["energy"].append(energy_share(m, g))
+    pairs = list(zip(maps, truths, strict=True))
+    dice, iou = region_overlap(np.asarray(maps) >= threshold, truths)
+    per = {"pointing": [float(pointing_hit(m, g, tolerance)) for m, g in pairs], "dice": dice, "iou": iou}
+    per["energy"] = [energy_share(m, g) for m, g in pairs]
     out: dict = {"threshold": float(threshold)}
     for k, v in per.items():
         arr = np.asarray(v)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.metrics import compute_dice, compute_iou
 from monai.networks.layers import GaussianFilter
 from monai.transforms.utils import rescale_array
 from torch import nn
@@ -95,12 +96,20 @@ def difference_map(generator: nn.Module, x: torch.Tensor, sigma: float = 2.0) ->
     return smooth01(torch.abs(generator(x) - x), sigma)
 
 
+def region_overlap(binary: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item Dice and IoU of boolean arrays ``(N, H, W)`` (MONAI ``compute_dice``/``compute_iou``; both empty: 1)."""
+    pred, true = (torch.as_tensor(np.asarray(a, dtype=bool))[:, None] for a in (binary, truth))
+    if len(pred) == 0:
+        return np.zeros(0), np.zeros(0)
+    dice = compute_dice(pred, true, include_background=True, ignore_empty=False)
+    iou = compute_iou(pred, true, include_background=True, ignore_empty=False)
+    return dice[:, 0].double().numpy(), iou[:, 0].double().numpy()
+
+
 def dice_iou(binary: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Dice and IoU of two boolean arrays (both empty: 1, 1)."""
-    inter = float(np.logical_and(binary, truth).sum())
-    total = float(binary.sum() + truth.sum())
-    union = float(np.logical_or(binary, truth).sum())
-    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
+    dice, iou = region_overlap(np.asarray(binary)[None], np.asarray(truth)[None])
+    return float(dice[0]), float(iou[0])
 
 
 def choose_threshold(maps: np.ndarray, truths: np.ndarray, candidates=None) -> tuple[float, float]:
@@ -108,7 +117,7 @@ def choose_threshold(maps: np.ndarray, truths: np.ndarray, candidates=None) -> t
     candidates = np.round(np.arange(0.05, 0.951, 0.05), 3) if candidates is None else np.asarray(candidates)
     best = (float(candidates[0]), -1.0)
     for t in candidates:
-        dice = float(np.mean([dice_iou(m >= t, g)[0] for m, g in zip(maps, truths, strict=True)]))
+        dice = float(np.mean(region_overlap(np.asarray(maps) >= t, truths)[0])) if len(maps) else float("nan")
         if dice > best[1]:
             best = (float(t), dice)
     return best
