@@ -257,11 +257,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The resumption checkpoint with the highest epoch in ``ckpt_dir`` (``checkpoint_epoch=N.pt``), or None."""
-    found = []
-    for p in Path(ckpt_dir).glob("checkpoint_epoch=*.pt"):
-        try:
-            found.append((int(p.stem.split("=")[-1]), p))
-        except ValueError:
-            continue
-    return str(max(found)[1]) if found else None
+    """The resumption checkpoint with the highest epoch in ``ckpt_dir``, or None (``scripts.resume.latest_checkpoint``;
+    ``scripts.resume.resume_checkpoint`` also checks the folder's fingerprint)."""
+    from .resume import latest_checkpoint as latest
+
+    return latest(ckpt_dir)

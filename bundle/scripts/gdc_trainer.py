@@ -245,6 +245,8 @@ class SampleImages:
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The newest ``*.pt`` of a ``CheckpointSaver`` folder (for ``CheckpointLoader``), or None to start afresh."""
-    files = sorted(Path(ckpt_dir).glob("*.pt"), key=lambda p: p.stat().st_mtime) if Path(ckpt_dir).is_dir() else []
-    return str(files[-1]) if files else None
+    """The resumption checkpoint with the highest epoch in ``ckpt_dir``, or None (``scripts.resume.latest_checkpoint``;
+    ``scripts.resume.resume_checkpoint`` also checks the folder's fingerprint)."""
+    from .resume import latest_checkpoint as latest
+
+    return latest(ckpt_dir)
