@@ -6,11 +6,10 @@ N        ?= 1000
 OUT      ?= runs/demo
 PROFILE  ?= quick
 BUNDLE   := python -m monai.bundle run
-TRAIN_CONFIGS := "['bundle/configs/train.yaml','bundle/configs/profiles/$(PROFILE).yaml']"
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup data demo train infer report test test-all bench lint clean
+.PHONY: setup data demo train test test-all bench lint package zoo-check paper-smoke clean
 
 setup: $(STAMP)
 
@@ -29,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m tools.demo --data $(DATA) --n $(N) --out $(OUT) --profile $(PROFILE)
 
 train: $(STAMP)
-	.venv/bin/$(BUNDLE) training --config_file $(TRAIN_CONFIGS) --dataset_dir $(DATA) --output_dir $(OUT)
+	.venv/bin/$(BUNDLE) training --config_file bundle/configs/train.yaml --profile $(PROFILE) --dataset_dir $(DATA) --output_dir $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -40,9 +39,21 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tools.bench --out runs/bench
 
+# A versioned Model Zoo zip of the bundle (weights included when trained) in dist/.
+package: $(STAMP)
+	$(PY) -m tools.zoo package --out dist
+
+# The Model Zoo CI's checks on what `package` ships, with the trained weights (run `make demo` first).
+zoo-check: $(STAMP)
+	$(PY) -m tools.zoo check bundle
+
+# The whole chain with the thesis's networks, sizes and batch sizes, one epoch a stage, on a small phantom.
+paper-smoke: $(STAMP)
+	$(PY) -m tools.paper_smoke --out runs/paper_smoke
+
 lint: $(STAMP)
 	.venv/bin/ruff check bundle tests tools
 	.venv/bin/ruff format --check bundle tests tools
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs dist .pytest_cache .ruff_cache

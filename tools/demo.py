@@ -64,7 +64,6 @@ def main() -> None:
         )
     else:
         print(f"=== phantom dataset exists at {data} (delete it to regenerate)")
-    configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'profiles' / (args.profile + '.yaml')}']"
     _step(
         "Training and evaluating every stage",
         [
@@ -74,7 +73,9 @@ def main() -> None:
             "run",
             "training",
             "--config_file",
-            configs,
+            str(CONFIGS / "train.yaml"),
+            "--profile",
+            args.profile,
             "--dataset_dir",
             str(data),
             "--output_dir",
