@@ -176,8 +176,8 @@ def _ultralytics_epoch(epoch: int, final_eval: bool = False) -> SimpleNamespace:
     names = ("box_loss", "cls_loss", "dfl_loss")
     return SimpleNamespace(
         epoch=epoch,
-        tloss=torch.tensor([1.0, 0.5, 0.25]) / (epoch + 1),
-        label_loss_items=lambda loss, prefix: {f"{prefix}/{n}": float(v) for n, v in zip(names, loss, strict=True)},
+        tloss={n: torch.tensor(v / (epoch + 1)) for n, v in zip(names, (1.0, 0.5, 0.25), strict=True)},
+        label_loss_items=lambda loss, prefix: {f"{prefix}/{k}": float(v) for k, v in loss.items()},
         metrics={"metrics/precision(B)": 0.5, "metrics/mAP50(B)": 0.1 * epoch, "metrics/mAP50-95(B)": 0.05},
         lr={"lr/pg0": 0.002},
         train_loader=[None] * 3,

@@ -134,6 +134,12 @@ def epoch_metrics(trainer) -> dict[str, float]:
     return {metric_name(k): float(v) for k, v in raw.items()}
 
 
+def total_loss(tloss) -> float:
+    """Sum of Ultralytics' running mean loss items (box + cls + dfl): a dict, or a tensor in older versions."""
+    values = tloss.values() if isinstance(tloss, dict) else torch.as_tensor(tloss).flatten()
+    return float(sum(float(v) for v in values))
+
+
 def _train_batches(data_yaml: str, batch: int) -> int:
     """Batches per epoch of an exported split (``yolo_data/images/train``), before Ultralytics reports it."""
     n = sum(1 for _ in (Path(data_yaml).parent / "images" / "train").glob("*.png"))
@@ -249,7 +255,7 @@ class DetectorTrainer(Engine):
         self.state.iteration = self.state.epoch * self.state.epoch_length
         self.state.metrics = epoch_metrics(tr)
         # decollated like a MONAI trainer's output; "loss": box + cls + dfl, the mean over the epoch's batches
-        self.state.output = [{"loss": float(tr.tloss.sum())}]
+        self.state.output = [{"loss": total_loss(tr.tloss)}]
         self.fire_event(Events.ITERATION_COMPLETED)
         self.fire_event(Events.EPOCH_COMPLETED)
         if self.should_terminate:
