@@ -1,65 +1,55 @@
 """End-to-end inference on full head X-rays: box, fracture probability, fracture-region map, overlay.
 
-For each input image ``OUT/<stem>.json`` holds ``nasal_bone_box`` (input pixels, null if none),
-``detector_confidence``, ``fracture_probability``, ``fracture`` (at the validated threshold stored
-with the classifier), ``threshold``, ``region_mask`` / ``heatmap`` / ``overlay`` (PNG paths relative
-to OUT, on the input's pixel grid), or ``error`` when the image cannot be processed. A bad file never
-stops the batch; ``OUT/summary.csv`` lists every file.
+The bundle's ``configs/inference.yaml`` wires MONAI components (``LoadImaged`` with ``XrayReader``, the
+detector as ``DetectNasalBoned``, a ``SupervisedEvaluator`` with ``FractureInferer`` and the writer of
+``scripts.inference_writer``); this module holds the helpers the config calls and ``run_inference``,
+the same workflow from Python. For each input image ``OUT/<stem>.json`` holds ``nasal_bone_box``,
+``detector_confidence``, ``fracture_probability``, ``fracture``, ``threshold``, ``region_mask`` /
+``heatmap`` / ``overlay`` (PNG paths relative to OUT), or ``error``; ``OUT/summary.csv`` lists every file.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from . import checkpoint
 from .geometry import crop_box, paste_back, squarify
-from .imageio import SUFFIXES, _is_dicom, _suffix, load_xray
+from .imageio import SUFFIXES, _is_dicom, _suffix
 from .masks import region_map
-from .visualise import overlay
 
 logger = logging.getLogger("nasal.inference")
-SUMMARY_COLUMNS = (
-    "image",
-    "status",
-    "nasal_bone_box",
-    "detector_confidence",
-    "fracture_probability",
-    "fracture",
-    "threshold",
-    "output",
-    "error",
-)
+WEIGHTS = {"detector": "detector.pt", "classifier": "classifier.pt", "gdc2": "gdc2.pt"}
+# The classifier architecture when no classifier.pt is there to say (configs/classifier.yaml's; 128 px crops).
+DEFAULT_CLASSIFIER = {
+    "model_name": "convnet",
+    "in_channels_mode": "gray",
+    "mean": 0.0,
+    "std": 0.0625,
+    "input_size": None,
+    "highpass_sigma": 3.0,
+}
 
 
 class FracturePipeline:
-    """Detector -> crop -> classifier C -> G-D-C step-2 region map, from the weights in ``models_dir``."""
+    """Detector -> crop -> C -> G-D-C step-2 region map in one call (for benchmarks; the bundle uses the config)."""
 
     def __init__(self, models_dir: str | Path, device: str | torch.device | None = None) -> None:
         from .classifier import load_classifier
         from .detector import NasalBoneDetector
         from .masks import load_region_model
 
-        models = Path(models_dir)
-        missing = [n for n in ("detector.pt", "classifier.pt", "gdc2.pt") if not (models / n).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{models}: missing trained weights {', '.join(missing)}; train first "
-                "(python -m monai.bundle run training --config_file bundle/configs/train.yaml)"
-            )
+        weights = require_weights(models_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.detector = NasalBoneDetector(str(models / "detector.pt"), device=self.device)
-        self.classifier, info = load_classifier(models / "classifier.pt", self.device)
+        self.detector = NasalBoneDetector(weights["detector"], device=self.device)
+        self.classifier, info = load_classifier(weights["classifier"], self.device)
         self.threshold = float(info["threshold"])
         self.crop_size = int(info.get("crop_size", 128))
-        self.localiser = load_region_model(models / "gdc2.pt", self.device)
+        self.localiser = load_region_model(weights["gdc2"], self.device)
 
     @torch.no_grad()
     def __call__(self, image01: np.ndarray) -> dict[str, Any]:
@@ -114,69 +104,58 @@ def _stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    Image.fromarray(array).save(path)
+def input_data(input_path: str | Path) -> list[dict[str, str]]:
+    """The dataset's data dicts: ``image`` and ``path`` (the file) and ``stem`` (unique output name) per input."""
+    used: set[str] = set()
+    return [{"image": str(p), "path": str(p), "stem": _stem(p, used)} for p in list_inputs(input_path)]
 
 
-def process_file(
-    pipeline: FracturePipeline,
-    path: Path,
-    out_dir: Path,
-    stem: str,
-    dicom_out: bool = False,
-    keep_patient_identity: bool = False,
-) -> dict[str, Any]:
-    """Run the pipeline on one file and write its JSON and PNGs; errors become an ``error`` entry."""
-    record: dict[str, Any] = {"image": str(path)}
-    try:
-        image = load_xray(path)
-        res = pipeline(image)
-        for key in ("nasal_bone_box", "detector_confidence", "fracture_probability", "fracture", "threshold"):
-            record[key] = res[key]
-        _save_png(out_dir / f"{stem}_region.png", res["region"].astype(np.uint8) * 255)
-        _save_png(out_dir / f"{stem}_heatmap.png", np.round(np.clip(res["heatmap"], 0, 1) * 255).astype(np.uint8))
-        picture = overlay(
-            image,
-            res["nasal_bone_box"],
-            res["fracture_probability"],
-            res["fracture"],
-            res["threshold"],
-            res["heatmap"],
-            res["region"],
+def require_weights(models_dir: str | Path) -> dict[str, str]:
+    """Paths of the trained ``detector``, ``classifier`` and ``gdc2`` weights; raise naming any that are missing."""
+    models = Path(models_dir)
+    missing = [n for n in WEIGHTS.values() if not (models / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{models}: missing trained weights {', '.join(missing)}; train first "
+            "(python -m monai.bundle run training --config_file bundle/configs/train.yaml)"
         )
-        _save_png(out_dir / f"{stem}_overlay.png", picture)
-        record.update(
-            region_mask=f"{stem}_region.png",
-            heatmap=f"{stem}_heatmap.png",
-            overlay=f"{stem}_overlay.png",
-            image_size=[int(image.shape[1]), int(image.shape[0])],
-        )
-        if dicom_out:
-            record["dicom"] = _write_dicom(picture, res, path, out_dir, stem, keep_patient_identity)
-    except Exception as err:  # one bad file must not stop the batch
-        logger.warning("%s: %s", path, err)
-        record = {"image": str(path), "error": f"{type(err).__name__}: {err}"}
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    return record
+    return {k: str(models / n) for k, n in WEIGHTS.items()}
 
 
-def _write_dicom(picture, res, path: Path, out_dir: Path, stem: str, keep_patient_identity: bool) -> dict[str, str]:
-    import pydicom
+def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` (FractureClassifier args), ``threshold`` and ``crop_size`` stored in ``classifier.pt``.
 
-    from .dicom_out import write_dicom_outputs
+    Without the file: ``defaults`` (or ``DEFAULT_CLASSIFIER``), threshold 0.5 and 128 px crops, matching
+    ``metadata.json``'s network_data_format, so MONAI's bundle tools can build the network before training.
+    """
+    if not Path(path).is_file():
+        return {"config": dict(defaults or DEFAULT_CLASSIFIER), "threshold": 0.5, "crop_size": 128}
+    ckpt = checkpoint.read(path, checkpoint.CLASSIFIER_FORMAT)
+    info = ckpt["info"]
+    return {
+        "config": dict(ckpt["networks"]["classifier"]["config"]),
+        "threshold": float(info["threshold"]),
+        "crop_size": int(info.get("crop_size", 128)),
+    }
 
-    source = None
-    if _suffix(path) in (".dcm", ".dicom") or _is_dicom(path):
-        source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    paths = write_dicom_outputs(
-        picture,
-        {**res, "region_mask": res["region"]},
-        out_dir,
-        stem,
-        source=source,
-        keep_patient_identity=keep_patient_identity,
-    )
-    return {k: Path(v).name for k, v in paths.items()}
+
+def classifier_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """C's weights (``state_dict``) of a ``classifier.pt``."""
+    return checkpoint.read(path, checkpoint.CLASSIFIER_FORMAT)["networks"]["classifier"]["state_dict"]
+
+
+def with_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """``network`` (built by ``network_def``) with the weights of ``classifier.pt`` loaded, in eval mode."""
+    network.load_state_dict(classifier_state_dict(path))
+    return network.eval()
+
+
+def export_state_dict(path: str | Path, out_path: str | Path, key: str = "state_dict") -> str:
+    """Write C's weights as ``{key: state_dict}``: the plain file ``monai.bundle ckpt_export --key_in_ckpt`` reads."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({key: classifier_state_dict(path)}, out)
+    return str(out)
 
 
 def run_inference(
@@ -189,49 +168,30 @@ def run_inference(
     tracking_uri: str | None = None,
     experiment_name: str = "nasal_bone_fracture",
 ) -> Path:
-    """Process every input file, write per-image outputs and ``summary.csv``; return the summary's path."""
-    from .tracking import Tracker, default_tracking_uri, run_name
+    """Run ``configs/inference.yaml`` (as ``python -m monai.bundle run`` does); return ``summary.csv``'s path."""
+    from monai.bundle import ConfigWorkflow
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = list_inputs(input_path)
-    pipeline = FracturePipeline(models_dir, device)
-    used: set[str] = set()
-    rows, start = [], time.perf_counter()
-    for i, path in enumerate(files, 1):
-        stem = _stem(path, used)
-        rec = process_file(pipeline, path, out, stem, dicom_out, keep_patient_identity)
-        status = "error" if "error" in rec else "ok"
-        rows.append({**{k: rec.get(k, "") for k in SUMMARY_COLUMNS}, "status": status, "output": f"{stem}.json"})
-        prob = rec.get("fracture_probability")
-        outcome = rec.get("error") or (
-            "no nasal bone found" if prob is None else f"p={prob:.3f} fracture={rec['fracture']}"
-        )
-        logger.info("[%d/%d] %s: %s", i, len(files), path.name, outcome)
-    summary = out / "summary.csv"
-    with open(summary, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    errors = sum(r["status"] == "error" for r in rows)
-    seconds = time.perf_counter() - start
-    logger.info(
-        "%d images, %d errors, %.2f s per image; summary: %s", len(rows), errors, seconds / max(1, len(rows)), summary
+    from . import BUNDLE_ROOT
+
+    overrides: dict[str, Any] = {
+        "input_dir": str(input_path),
+        "output_dir": str(output_dir),
+        "models_dir": str(models_dir),
+        "dicom_out": bool(dicom_out),
+        "dicom_keep_patient_identity": bool(keep_patient_identity),
+        "tracking_uri": tracking_uri,
+        "experiment_name": experiment_name,
+    }
+    if device is not None:
+        overrides["device"] = torch.device(device)
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE_ROOT / "configs" / "inference.yaml"),
+        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        **overrides,
     )
-    uri = tracking_uri or default_tracking_uri(out)
-    tracker = Tracker(uri, experiment_name, out)
-    run = tracker.start(run_name("inference"), tags={"job": "inference"})
-    tracker.params(run, {"models_dir": str(models_dir), "dicom_out": dicom_out, "device": str(pipeline.device)})
-    flagged = sum(str(r["fracture"]) == "True" for r in rows)
-    tracker.metrics(
-        run,
-        {
-            "images": len(rows),
-            "errors": errors,
-            "flagged_fracture": flagged,
-            "seconds_per_image": seconds / max(1, len(rows)),
-        },
-    )
-    tracker.artifact(run, summary)
-    tracker.end(run)
-    return summary
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return Path(output_dir) / "summary.csv"
