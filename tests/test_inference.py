@@ -119,6 +119,13 @@ def test_run_inference_in_process_with_dicom_outputs(models, inputs, tmp_path) -
     rec = json.loads((out / "xray0.json").read_text())
     assert set(rec) >= JSON_KEYS and set(rec["dicom"]) == {"secondary_capture", "structured_report"}
     assert "error" in json.loads((out / "broken.json").read_text())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.get_experiment_by_name("nasal_bone_fracture")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.job = 'inference'")
+    assert run.info.status == "FINISHED" and run.data.metrics["images"] == 3 and run.data.metrics["errors"] == 1
+    assert run.data.params["dicom_out"] == "True" and run.data.params["device"] == "cpu"
     assert all((out / name).is_file() for name in rec["dicom"].values())
 
 

@@ -135,8 +135,6 @@ def test_rerun_skips_stages_with_weights(trained, tiny_dataset, mlflow_server) -
 
 
 def test_inference_on_mixed_folder_writes_every_output(trained, tiny_dataset, tmp_path) -> None:
-    from scripts.inference import run_inference
-
     inputs = tmp_path / "in"
     inputs.mkdir()
     images = sorted((tiny_dataset / "images").iterdir())
@@ -145,8 +143,21 @@ def test_inference_on_mixed_folder_writes_every_output(trained, tiny_dataset, tm
     (inputs / "broken.png").write_bytes(b"\x89PNG not really")
     (inputs / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    summary = run_inference(inputs, out, trained["models"], dicom_out=True, tracking_uri=f"sqlite:///{tmp_path}/m.db")
-    rows = summary.read_text().strip().splitlines()
+    env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    args = ["--input_dir", str(inputs), "--output_dir", str(out), "--models_dir", str(trained["models"])]
+    args += ["--dicom_out", "True", "--tracking_uri", f"sqlite:///{tmp_path}/m.db"]
+    result = subprocess.run(  # the documented command
+        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(CONFIGS / "inference.yaml")]
+        + args,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = (out / "summary.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 7  # header + 6 images + the broken file; the .txt is skipped
     broken = json.loads((out / "broken.json").read_text())
     assert "broken.png" in broken["error"] and "not a readable image" in broken["error"]
