@@ -118,7 +118,7 @@ def test_epoch_loss_averages_reach_metrics_before_the_loggers() -> None:
     from scripts.gdc_trainer import EpochLossAverages
 
     losses = iter([{"g_loss": 1.0, "d_loss": 4.0}, {"g_loss": 3.0, "d_loss": 0.0}, {"g_loss": 10.0, "d_loss": 2.0}])
-    engine = Engine(lambda _e, _b: {"losses": next(losses)})
+    engine = Engine(lambda e, _b: setattr(e.state, "loss_terms", next(losses)))
     EpochLossAverages(prefix="train_").attach(engine)
     seen: list[dict] = []
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(dict(e.state.metrics)))  # a logger

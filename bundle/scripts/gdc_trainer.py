@@ -6,8 +6,10 @@
   G step on ``loss_function(X, G(X), M, G)``; the frozen networks (C and D) are held in eval mode with
   ``requires_grad=False`` and no optimizer sees them.
 
-Both return, per iteration, ``{"image", "fake", "mask", "losses": {term: float}}`` (no decollation), so the
-handlers below and ``MLFlowHandler(output_transform=loss_terms)`` log every loss term separately.
+Like MONAI's ``SupervisedTrainer``, an iteration's output is decollated: a list of per-crop dicts ``{"image",
+"fake", "mask", "loss"}`` where ``loss`` (G's total) is what MONAI's trainer handlers read, e.g. the
+``MLFlowHandler`` that ``--tracking mlflow`` adds. Every named loss term of the iteration is in
+``engine.state.loss_terms`` (``{term: float}``), which the handlers below average and show.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from ignite.metrics import Average
 from monai.engines import Trainer
+from monai.engines.utils import IterationEvents
 from PIL import Image
 from torch import nn
 from torch.optim import Optimizer
@@ -34,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 def _image(batch) -> torch.Tensor:
     return batch["image"] if isinstance(batch, dict) else batch[0]
+
+
+def _output(engine: Engine, output: dict) -> list[dict] | dict:
+    """Set the iteration's output and fire MONAI's ``MODEL_COMPLETED`` (its decollation runs there), as
+    ``SupervisedTrainer`` does."""
+    engine.state.output = output
+    engine.fire_event(IterationEvents.MODEL_COMPLETED)
+    return engine.state.output
 
 
 class GDTrainer(Trainer):
@@ -61,7 +72,7 @@ class GDTrainer(Trainer):
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             handlers=train_handlers,
-            decollate=False,
+            decollate=True,
         )
         self.g_network, self.g_optimizer, self.g_loss_function = g_network, g_optimizer, g_loss_function
         self.d_network, self.d_optimizer, self.d_loss_function = d_network, d_optimizer, d_loss_function
@@ -88,7 +99,8 @@ class GDTrainer(Trainer):
 
         losses = {"g_loss": g_terms["loss"].item(), "d_loss": d_terms["loss"].item()}
         losses.update({k: float(v.item()) for k, v in {**g_terms, **d_terms}.items() if k != "loss"})
-        return {"image": x.detach(), "fake": fake.detach(), "mask": None, "losses": losses}
+        engine.state.loss_terms = losses
+        return _output(engine, {"image": x.detach(), "fake": fake.detach(), "mask": None, "loss": losses["g_loss"]})
 
 
 class GDCTrainer(Trainer):
@@ -115,7 +127,7 @@ class GDCTrainer(Trainer):
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             handlers=train_handlers,
-            decollate=False,
+            decollate=True,
         )
         self.g_network, self.g_optimizer = g_network, g_optimizer
         self.loss_function, self.mask_function = loss_function, mask_function
@@ -142,18 +154,19 @@ class GDCTrainer(Trainer):
         terms["loss"].backward()
         engine.g_optimizer.step()
         losses = {k: float(v.item()) for k, v in terms.items() if v.ndim == 0}
-        return {"image": x.detach(), "fake": fake.detach(), "mask": mask, "losses": losses}
+        engine.state.loss_terms = losses
+        return _output(engine, {"image": x.detach(), "fake": fake.detach(), "mask": mask, "loss": losses["loss"]})
 
 
-def loss_terms(output: dict) -> dict[str, float]:
-    """``output_transform`` for ``MLFlowHandler``/``StatsHandler``: every named loss term of an iteration."""
-    return dict(output["losses"])
+def loss_terms(engine: Engine) -> dict[str, float]:
+    """Every named loss term of the engine's last iteration (``engine.state.loss_terms``)."""
+    return dict(getattr(engine.state, "loss_terms", None) or {})
 
 
 class EpochLossAverages:
     """Ignite ``Average`` of each loss term over an epoch, into ``engine.state.metrics[prefix + term]``.
 
-    The terms are those of the first iteration's ``output["losses"]``; one ``Average`` per term. Its
+    The terms are those of the first iteration's ``engine.state.loss_terms``; one ``Average`` per term. Its
     ``completed`` runs from this handler's ``EPOCH_COMPLETED``, registered at ``attach``, so the averages are in
     ``engine.state.metrics`` before the Stats/MLflow handlers listed after this one read them.
     """
@@ -172,7 +185,7 @@ class EpochLossAverages:
             average.reset()
 
     def _update(self, engine: Engine) -> None:
-        for term, value in engine.state.output["losses"].items():
+        for term, value in loss_terms(engine).items():
             self.averages.setdefault(term, Average()).update(value)
 
     def _completed(self, engine: Engine) -> None:
@@ -193,7 +206,7 @@ class LossProgressBar:
         self.bar = ProgressBar(persist=persist, mininterval=mininterval)
 
     def attach(self, engine: Engine) -> None:
-        self.bar.attach(engine, output_transform=loss_terms)
+        self.bar.attach(engine, output_transform=lambda _output: loss_terms(engine))
 
 
 def _gray_to_rgb(a: np.ndarray) -> np.ndarray:
@@ -235,12 +248,14 @@ class SampleImages:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def write(self, engine: Engine) -> Path | None:
-        out = engine.state.output
-        if not out or out.get("image") is None:
+        out = engine.state.output  # the last batch, decollated: one dict per crop
+        if not out or out[0].get("image") is None:
             return None
+        image, fake = (torch.stack([o[k] for o in out]) for k in ("image", "fake"))
+        mask = None if out[0].get("mask") is None else torch.stack([o["mask"] for o in out])
         self.save_dir.mkdir(parents=True, exist_ok=True)
         path = self.save_dir / f"epoch_{engine.state.epoch:04d}.png"
-        Image.fromarray(sample_grid(out["image"], out["fake"], out.get("mask"), self.n, self.diff_gain)).save(path)
+        Image.fromarray(sample_grid(image, fake, mask, self.n, self.diff_gain)).save(path)
         return path
 
 
