@@ -42,7 +42,8 @@ def test_roundtrip_of_every_network_kind(tmp_path) -> None:
     region = load_region_model(tmp_path / "gdc2.pt")
     assert _same_weights(g, region) and region.region == {"threshold": 0.3, "sigma": 2.0}
     raw = torch.load(tmp_path / "gd.pt", weights_only=True)
-    assert raw["format"] == GAN_FORMAT and set(raw) == {"format", "networks", "info"}
+    assert raw["format"] == GAN_FORMAT and set(raw) == {"format", "networks", "info", "generator", "discriminator"}
+    assert raw["generator"] is raw["networks"]["generator"]["state_dict"]  # an alias for ckpt_export, stored once
     assert raw["networks"]["discriminator"]["config"] == d.config
 
 

@@ -161,10 +161,9 @@ def _run(files: tuple[str, ...], overrides: dict) -> None:
     from monai.bundle import run
 
     run(
-        config_file=[str(CONFIGS / f) for f in ("common.yaml", *files, "profiles/tiny.yaml")],
+        config_file=[str(CONFIGS / f) for f in ("common.yaml", "crop_training.yaml", *files, "profiles/tiny.yaml")],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
-        mlflow_run_name="test-classifier",
         **overrides,
     )
 
@@ -180,13 +179,14 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
         "output_dir": str(out),
         "models_dir": str(models),
         "crop_source": "landmarks",
+        "split_fractions": [0.6, 0.2, 0.2],
     }
     _run(("classifier.yaml",), overrides)
     model, info = load_classifier(models / "classifier.pt")
     assert 0.0 <= info["threshold"] <= 1.0
     assert info["crop_size"] == 64 and info["box_source"] == "landmarks" and info["threshold_rule"] == "youden"
     assert info["validation"]["tp"] + info["validation"]["fn"] > 0  # chosen on validation crops with fractures
-    assert latest_checkpoint(out / "classifier").endswith("checkpoint_epoch=1.pt")
+    assert latest_checkpoint(out / "classifier" / "checkpoints").endswith("checkpoint_epoch=1.pt")
     assert (out / "classifier" / "best_network.pt").is_file()
 
     _run(("classifier.yaml", "classifier_evaluate.yaml"), {**overrides, "classifier#bootstrap_resamples": 50})

@@ -167,14 +167,14 @@ def _run_stage(stage: str, overrides: dict, extra: tuple[str, ...] = ()) -> None
     from monai.bundle import run
 
     files = [
-        str(CONFIGS / f) for f in ("common.yaml", "gan_common.yaml", f"{stage}.yaml", *extra, "profiles/tiny.yaml")
+        str(CONFIGS / f)
+        for f in ("common.yaml", "crop_training.yaml", "gan_common.yaml", f"{stage}.yaml", *extra, "profiles/tiny.yaml")
     ]
     run(
         config_file=files,
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         **overrides,
-        mlflow_run_name=f"test-{stage}",
     )
 
 
@@ -192,7 +192,7 @@ def test_stage_configs_run_end_to_end_and_resume(tiny_dataset, tmp_path) -> None
         "output_dir": str(out),
         "models_dir": str(models),
         "crop_source": "landmarks",
-        "crops_dir": str(out / "crops"),
+        "split_fractions": [0.6, 0.2, 0.2],
     }
     for stage in ("gd", "gdc1", "gdc2"):
         _run_stage(stage, overrides)

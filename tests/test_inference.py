@@ -14,8 +14,6 @@ import torch
 from PIL import Image
 
 from scripts import BUNDLE_ROOT
-from scripts.classifier import FractureClassifier, save_classifier
-from scripts.networks import Generator, save_networks
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.yaml"
 META = BUNDLE_ROOT / "configs" / "metadata.json"
@@ -45,40 +43,6 @@ def _bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    """Untrained tiny weights in the bundle's formats: detector (YOLOv8n), classifier C (convnet), G-D-C step 2."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    from scripts.detector import save_detector
-    from scripts.yolo_export import prepare_ultralytics
-
-    out = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    prepare_ultralytics(None)
-    yolo = DetectionModel(cfg="yolov8n.yaml", nc=1, verbose=False)
-    yolo.names = {0: "nasal_bone"}
-    torch.save({"model": yolo}, out / "yolo.pt")
-    save_detector(out / "yolo.pt", out / "detector.pt", imgsz=64, margin=0.3)
-    net = FractureClassifier("convnet", "gray", mean=0.0, std=0.0625, highpass_sigma=3.0)
-    save_classifier(out / "classifier.pt", net, 0.4, {"crop_size": 64, "box_source": "detector"})
-    gen = Generator(features=(4, 4, 8, 8, 8, 4), residual=True)
-    save_networks(out / "gdc2.pt", {"region": {"threshold": 0.3, "sigma": 2.0}}, generator=gen)
-    return out
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
-    """Two good PNG X-rays (non-square), a corrupt PNG and a text file (skipped)."""
-    folder = tmp_path_factory.mktemp("in")
-    rng = np.random.default_rng(0)
-    for i, shape in enumerate([(96, 80), (80, 112)]):
-        Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(folder / f"xray{i}.png")
-    (folder / "broken.png").write_bytes(b"\x89PNG not really")
-    (folder / "notes.txt").write_text("not an image")
-    return folder
 
 
 def _check_outputs(out: Path, found: bool) -> None:
@@ -132,7 +96,6 @@ def test_run_inference_in_process_with_dicom_outputs(models, inputs, tmp_path) -
 def test_verify_net_in_out_and_torchscript_export(models, tmp_path) -> None:
     _bundle("verify_net_in_out", "network_def", "--meta_file", str(META), "--config_file", str(CONFIG), cwd=tmp_path)
     common = ["--config_file", str(CONFIG), "--models_dir", str(models), "--output_dir", str(tmp_path)]
-    _bundle("run", "export_state_dict", *common, cwd=tmp_path)
     ts = tmp_path / "classifier.ts"
     _bundle(
         "ckpt_export",
@@ -140,9 +103,9 @@ def test_verify_net_in_out_and_torchscript_export(models, tmp_path) -> None:
         "--filepath",
         str(ts),
         "--ckpt_file",
-        str(tmp_path / "classifier_state_dict.pt"),
+        str(models / "classifier.pt"),  # the bundle's own weights file: C's state dict is under "classifier"
         "--key_in_ckpt",
-        "state_dict",
+        "classifier",
         "--use_trace",
         "True",
         "--input_shape",

@@ -103,8 +103,8 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
         "output_dir": str(out),
         "models_dir": str(models),
         "crop_source": "landmarks",
-        "crops_dir": str(out / "crops"),
-        # no mlflow_run_name: the default (stage name + time) must resolve when a stage config is run on its own
+        "split_fractions": [0.6, 0.2, 0.2],
+        # no run_name: the default (stage name + time) must resolve when a stage config is run on its own
         "localisation#occlusion": {"mask_size": 32, "overlap": 0.0, "mode": "mean_patch", "n_batch": 8},
         "localisation#variants": {"other": {"gdc1": str(models / "gdc1.pt"), "gdc2": str(models / "gdc2.pt")}},
     }
@@ -119,7 +119,14 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
     save_region_model(models / "gdc2.pt", gen, crop_records(csv, "val", label=1), sigma=1.0)
     files = [
         str(CONFIGS / f)
-        for f in ("common.yaml", "gan_common.yaml", "gdc2.yaml", "localisation_evaluate.yaml", "profiles/tiny.yaml")
+        for f in (
+            "common.yaml",
+            "crop_training.yaml",
+            "gan_common.yaml",
+            "gdc2.yaml",
+            "localisation_evaluate.yaml",
+            "profiles/tiny.yaml",
+        )
     ]
     run(
         config_file=files,

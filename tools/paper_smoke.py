@@ -23,6 +23,7 @@ from . import BUNDLE_ROOT
 STAGES = ("detector", "classifier", "gd", "gdc1", "gdc2")
 # 96 images: 76 training crops, more than one of the paper's classifier batches (64); 512 px like the phantom's
 N_IMAGES, SIZE = 96, 512
+TIMES = ("train_seconds", "evaluate_seconds")
 
 
 def main() -> None:
@@ -58,7 +59,9 @@ def main() -> None:
         "epochs_per_stage": 1,
         "chain_seconds": round(chain, 1),
         "total_seconds_with_data": round(time.perf_counter() - start, 1),
-        "stages": {k: {t: v.get(t) for t in ("train_seconds", "evaluate_seconds")} for k, v in pipeline["stages"].items()},
+        "stages": {
+            k: {t: v.get(t) for t in ("train_seconds", "evaluate_seconds")} for k, v in pipeline["stages"].items()
+        },
         "status": pipeline["status"],
     }
     (args.out / "paper_smoke.json").write_text(json.dumps(summary, indent=2))

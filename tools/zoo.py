@@ -5,8 +5,8 @@
 ``check``: what the Model Zoo's CI verifies for a bundle (``ci/verify_bundle.py`` in Project-MONAI/model-zoo),
 done with MONAI's own tools: necessary files, version in the changelog, ``verify_metadata`` against the schema
 kept in the repo (offline), every weights file listed in ``large_files.yml`` with a matching sha256
-(``download_large_files`` checks existing files and downloads nothing), ``verify_net_in_out`` for every
-``*_def`` network of the inference config, and ``ckpt_export`` to TorchScript with a ``torch.jit.load``
+(``download_large_files`` checks existing files and downloads nothing), ``verify_net_in_out`` for the
+inference config's ``network_def`` (the one network ``network_data_format`` describes), and ``ckpt_export`` to TorchScript with a ``torch.jit.load``
 round trip that must give the eager network's output.
 
     PYTHONPATH=bundle python -m tools.zoo package --out dist            # dist/<name>_v<version>.zip
@@ -17,9 +17,9 @@ round trip that must give the eager network's output.
 from __future__ import annotations
 
 import argparse
-import os
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,8 +37,8 @@ WEIGHT_SUFFIXES = (".pt", ".ts", ".onnx")
 SCHEMA = "configs/schema/meta_schema_20240725.json"
 INFERENCE = "configs/inference.yaml"
 # the classifier C is the bundle's `network_def` (metadata's network_data_format); its weights file and the key
-# of the state dict inside it (scripts/checkpoint.py's self-describing format)
-EXPORTS = {"network_def": ("models/classifier.pt", "network")}
+# of its state dict inside it (scripts/checkpoint.py's self-describing format)
+EXPORTS = {"network_def": ("models/classifier.pt", "classifier")}
 ATOL = 1e-5  # TorchScript vs eager, float32 on CPU
 
 
@@ -153,8 +153,7 @@ def check(bundle: Path, require_weights: bool = True) -> dict:
         _monai(bundle, "download_large_files", "--bundle_path", ".")  # files present: checks hashes, no download
         report["large_files"] = sorted(listed)
 
-    config = yaml.safe_load((bundle / INFERENCE).read_text())
-    net_ids = [k for k in config if k.endswith("_def")]
+    net_ids = list(EXPORTS)  # the networks metadata.json's network_data_format describes
     for net_id in net_ids:
         _monai(bundle, "verify_net_in_out", net_id, "--meta_file", "configs/metadata.json", "--config_file", INFERENCE)
     report["verify_net_in_out"] = net_ids
@@ -176,13 +175,15 @@ def _torchscript_round_trip(bundle: Path, net_id: str, ckpt: str, key: str) -> f
 
     with tempfile.TemporaryDirectory() as tmp:
         ts = Path(tmp) / f"{net_id}.ts"
+        # traced (FractureClassifier does not script), on the metadata's input shape
         _monai(bundle, "ckpt_export", net_id, "--filepath", str(ts), "--ckpt_file", ckpt, "--key_in_ckpt", key,
-               "--meta_file", "configs/metadata.json", "--config_file", INFERENCE)  # fmt: skip
+               "--use_trace", "True", "--meta_file", "configs/metadata.json", "--config_file", INFERENCE)  # fmt: skip
         sys.path.insert(0, str(bundle))
         try:
             parser = ConfigParser()
             parser.read_config(bundle / INFERENCE)
             parser.read_meta(bundle / "configs" / "metadata.json")
+            parser["models_dir"] = str(bundle / "models")
             net = parser.get_parsed_content(net_id)
             state = torch.load(bundle / ckpt, map_location="cpu", weights_only=True)[key]
             net.load_state_dict(state)

@@ -4,7 +4,8 @@ A file is one dict, readable with ``torch.load(path, weights_only=True)`` and no
 
     {"format": "<kind>/<version>",
      "networks": {name: {"config": constructor kwargs, "state_dict": tensors}},
-     "info": plain Python values (stage, crop size, operating threshold, region settings...)}
+     "info": plain Python values (stage, crop size, operating threshold, region settings...),
+     name: the same state dict (for MONAI's ckpt_export --key_in_ckpt name), for each network}
 
 Every network keeps its constructor kwargs as ``module.config``; ``load`` rebuilds it from them with the class the
 caller names, so a file never chooses what code runs. Files are loaded only with ``weights_only=True`` (a pickled
@@ -81,7 +82,10 @@ def save(path: str | Path, fmt: str, networks: Mapping[str, nn.Module], info: Ma
             "config": dict(net.config),
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         }
-    return atomic_save({"format": fmt, "networks": entries, "info": dict(info or {})}, path)
+    # each state dict also at the top level under its network's name (the same tensors: stored once), so MONAI's
+    # `ckpt_export --key_in_ckpt <name>` and `CheckpointLoader` read it like any Model Zoo checkpoint
+    aliases = {name: entry["state_dict"] for name, entry in entries.items()}
+    return atomic_save({**aliases, "format": fmt, "networks": entries, "info": dict(info or {})}, path)
 
 
 def _upgrade(ckpt: dict) -> dict:

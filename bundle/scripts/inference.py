@@ -150,18 +150,6 @@ def with_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return network.eval()
 
 
-def export_state_dict(path: str | Path, output_dir: str | Path, key: str = "state_dict") -> str:
-    """Write C's weights as ``output_dir/classifier_state_dict.pt`` = ``{key: state_dict}``.
-
-    That is the plain file ``python -m monai.bundle ckpt_export --key_in_ckpt state_dict`` reads (``classifier.pt``
-    nests the weights under ``networks/classifier``, which MONAI's and Ignite's loaders do not look into).
-    """
-    out = Path(output_dir) / "classifier_state_dict.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({key: classifier_state_dict(path)}, out)
-    return str(out)
-
-
 def run_inference(
     input_path: str | Path,
     output_dir: str | Path,
