@@ -18,10 +18,10 @@ from scripts.evaluation import (
     choose_threshold,
     confusion,
     confusion_sentence,
-    evaluate_binary,
     patient_bootstrap_indices,
     roc_auc,
 )
+from scripts.evaluation_report import evaluate_binary
 
 # 3 normals, 3 fractures; one normal (0.6) scores above one fracture (0.4)
 Y = [0, 0, 0, 1, 1, 1]

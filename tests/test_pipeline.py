@@ -83,7 +83,7 @@ def trained(tiny_dataset, mlflow_server, tmp_path_factory):
     from monai.bundle import ConfigParser
 
     root = tmp_path_factory.mktemp("pipeline")
-    config = ConfigParser.load_config_files([CONFIGS / "train.yaml", CONFIGS / "profiles" / "tiny.yaml"])
+    config = ConfigParser.load_config_files(CONFIGS / "train.yaml")
     summary = train_all(
         config["stages"],
         profile="tiny",

@@ -6,8 +6,8 @@
 done with MONAI's own tools: necessary files, version in the changelog, ``verify_metadata`` against the schema
 kept in the repo (offline), every weights file listed in ``large_files.yml`` with a matching sha256
 (``download_large_files`` checks existing files and downloads nothing), ``verify_net_in_out`` for the
-inference config's ``network_def`` (the one network ``network_data_format`` describes), and ``ckpt_export`` to TorchScript with a ``torch.jit.load``
-round trip that must give the eager network's output.
+inference config's ``network_def`` (the one network ``network_data_format`` describes), and ``ckpt_export`` to
+TorchScript with a ``torch.jit.load`` round trip that must give the eager network's output.
 
     PYTHONPATH=bundle python -m tools.zoo package --out dist            # dist/<name>_v<version>.zip
     PYTHONPATH=bundle python -m tools.zoo check bundle                 # the repo's bundle (weights needed)

@@ -38,7 +38,6 @@ from monai.visualize import GradCAM
 from torch import nn
 
 from . import checkpoint
-from .classifier_export import evaluate_classifier, export_classifier  # noqa: F401 (called as scripts.classifier.*)
 from .masks import scale01
 
 INPUT_MODES = ("rgb", "gray")

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from .checkpoint import state_dict_from
-from .evaluation import choose_threshold, evaluate_binary
+from .classifier import save_classifier
+from .evaluation import choose_threshold
+from .evaluation_report import evaluate_binary
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,6 @@ def export_classifier(
         "n_validation_images": len(val["label"]),
         **(extra or {}),
     }
-    from .classifier import save_classifier  # classifier.py re-exports this module's functions: import late
 
     path = save_classifier(out_path, network, threshold, info)
     logger.info(

@@ -10,10 +10,8 @@ that cache. ``scripts.geometry.paste_back`` maps anything computed on a crop ont
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from . import fingerprint
-from .dataset import landmarks
+from .dataset import landmarks, unique_stems
 from .geometry import DEFAULT_MARGIN, crop_box, landmark_box, squarify
 from .imageio import load_xray, save_xray
 from .splits import SPLITS, ensure_split, split_records
@@ -175,25 +173,6 @@ def _why_new(out_dir: Path, parts: dict) -> str:
         return "no crop cache yet"
     newest = max(caches, key=lambda p: fingerprint.sidecar(p).stat().st_mtime)
     return f"{fingerprint.why(fingerprint.read(newest), parts) or 'incomplete cache'} (since {newest.name})"
-
-
-def unique_stems(ids: list[str]) -> dict[str, str]:
-    """A flat, collision-free file stem per image id: ``a/IM0001.dcm`` -> ``a__IM0001``.
-
-    Ids that would still share a stem (``a/x.png``, ``a/x.dcm``) get a short hash of the id appended.
-    """
-    flat = {}
-    for rid in ids:
-        name = rid.replace("\\", "/")
-        name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
-        flat[rid] = name.strip("/").replace("/", "__")
-    counts: dict[str, int] = {}
-    for stem in flat.values():
-        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
-    return {
-        rid: stem if counts[stem.lower()] == 1 else f"{stem}_{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
-        for rid, stem in flat.items()
-    }
 
 
 def crop_records(crops_csv: str | Path, split: str, label: int | None = None) -> list[dict]:

@@ -14,6 +14,8 @@ Columns ``image,patient_id,label,nasion_x,nasion_y,tip_x,tip_y,fracture_mask``:
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,22 @@ def write_dataset_csv(dataset_dir: str | Path, rows: list[dict]) -> Path:
 def landmarks(record: dict) -> np.ndarray:
     """The record's landmarks as a ``(2, 2)`` array ``[[nasion_x, nasion_y], [tip_x, tip_y]]``."""
     return np.array([[record["nasion_x"], record["nasion_y"]], [record["tip_x"], record["tip_y"]]], dtype=np.float64)
+
+
+def unique_stems(ids: list[str]) -> dict[str, str]:
+    """A flat, collision-free file stem per image id: ``a/IM0001.dcm`` -> ``a__IM0001``.
+
+    Ids that would still share a stem (``a/x.png``, ``a/x.dcm``) get a short hash of the id appended.
+    """
+    flat = {}
+    for rid in ids:
+        name = rid.replace("\\", "/")
+        name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
+        flat[rid] = name.strip("/").replace("/", "__")
+    counts: dict[str, int] = {}
+    for stem in flat.values():
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    return {
+        rid: stem if counts[stem.lower()] == 1 else f"{stem}_{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
+        for rid, stem in flat.items()
+    }

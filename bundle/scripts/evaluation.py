@@ -1,7 +1,7 @@
 """Honest evaluation of a binary score: operating threshold, patient-level bootstrap CIs, calibration, figures.
 
 Generic: any stage that turns images into a fracture score (classifier C, the G-D-C maps, a baseline)
-evaluates through ``evaluate_binary``. Conventions:
+evaluates through ``evaluation_report.evaluate_binary``. Conventions:
 
 - ``y`` is 0/1 (1 = fracture), ``score`` a probability in [0, 1]; an image is called positive when
   ``score >= threshold``.
@@ -18,11 +18,8 @@ evaluates through ``evaluate_binary``. Conventions:
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -192,7 +189,7 @@ def bootstrap_ci(
 
 
 # ----------------------------------------------------------------------------------------------
-# Calibration (its figure and the ROC's: evaluation_plots.py)
+# Calibration (its figure and the ROC's: evaluation_report.py)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -219,73 +216,6 @@ def calibration(y: Sequence[int], score: Sequence[float], n_bins: int = 10) -> d
             }
         )
     return {"brier": float(np.mean((s_arr - y_arr) ** 2)), "ece": float(ece), "n_bins": n_bins, "bins": bins}
-
-
-# ----------------------------------------------------------------------------------------------
-# Everything at once
-# ----------------------------------------------------------------------------------------------
-
-
-def evaluate_binary(
-    y: Sequence[int],
-    score: Sequence[float],
-    patient_ids: Sequence,
-    threshold: float,
-    out_dir: str | Path,
-    name: str = "evaluation",
-    n_resamples: int = 2000,
-    seed: int = 0,
-    n_bins: int = 10,
-    extra: dict | None = None,
-    title: str = "",
-) -> dict:
-    """Metrics with patient-bootstrap CIs, confusion, calibration; writes ``<name>.json``, ROC and calibration PNGs
-    and the reliability table ``<name>_calibration.csv`` into ``out_dir``."""
-    from .evaluation_plots import plot_calibration, plot_roc
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
-    counts = confusion(y_arr, s_arr, threshold)
-    ci = bootstrap_ci(y_arr, s_arr, patient_ids, threshold, n_resamples, seed)
-    cal = calibration(y_arr, s_arr, n_bins)
-    roc_png = plot_roc(out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip())
-    cal_png = plot_calibration(
-        out / f"{name}_calibration.png", y_arr, s_arr, n_bins, title=f"{title} calibration".strip()
-    )
-    with open(out / f"{name}_calibration.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(cal["bins"][0]))
-        writer.writeheader()
-        writer.writerows(cal["bins"])
-    result = {
-        **(extra or {}),
-        "threshold": float(threshold),
-        "n_images": int(y_arr.size),
-        "n_patients": int(len(set(map(str, patient_ids)))),
-        "n_fractures": int(y_arr.sum()),
-        "n_normals": int((1 - y_arr).sum()),
-        "metrics": ci,
-        "confusion": counts,
-        "confusion_text": confusion_sentence(counts),
-        "calibration": {k: v for k, v in cal.items() if k != "bins"},
-        "bootstrap": {
-            "unit": "patient",
-            "n_resamples": n_resamples,
-            "seed": seed,
-            "level": 0.95,
-            "interval": "percentile",
-        },
-        "figures": {"roc": roc_png.name, "calibration": cal_png.name, "reliability_table": f"{name}_calibration.csv"},
-    }
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    logger.info(
-        "%s: AUC %.3f, accuracy %.3f; %s",
-        name,
-        ci["roc_auc"]["value"],
-        ci["accuracy"]["value"],
-        result["confusion_text"],
-    )
-    return result
 
 
 class OutputCollector:

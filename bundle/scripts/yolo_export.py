@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fingerprint
-from .dataset import landmarks
+from .dataset import landmarks, unique_stems
 from .geometry import landmark_box
 from .splits import SPLITS, split_records
 
@@ -118,7 +118,6 @@ def export_yolo_dataset(
     """Export (or reuse) the dataset in the Ultralytics layout under ``out_dir``; return the ``data.yaml`` path."""
     from PIL import Image
 
-    from .crops import unique_stems
     from .imageio import load_xray
 
     out = Path(out_dir)

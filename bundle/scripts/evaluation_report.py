@@ -1,13 +1,19 @@
-"""Figures of ``evaluation.evaluate_binary``: the ROC curve with its operating point, and the reliability diagram."""
+"""The evaluation report of a binary classifier: ``evaluate_binary`` writes the metrics (``evaluation.py``) with
+patient-bootstrap CIs as JSON, the ROC curve with its operating point and the reliability diagram."""
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .evaluation import binary_metrics, calibration
+from .evaluation import binary_metrics, bootstrap_ci, calibration, confusion, confusion_sentence
+
+logger = logging.getLogger(__name__)
 
 
 def roc_curve(y: Sequence[int], score: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,3 +96,68 @@ def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = 
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything at once
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_binary(
+    y: Sequence[int],
+    score: Sequence[float],
+    patient_ids: Sequence,
+    threshold: float,
+    out_dir: str | Path,
+    name: str = "evaluation",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    n_bins: int = 10,
+    extra: dict | None = None,
+    title: str = "",
+) -> dict:
+    """Metrics with patient-bootstrap CIs, confusion, calibration; writes ``<name>.json``, ROC and calibration PNGs
+    and the reliability table ``<name>_calibration.csv`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
+    counts = confusion(y_arr, s_arr, threshold)
+    ci = bootstrap_ci(y_arr, s_arr, patient_ids, threshold, n_resamples, seed)
+    cal = calibration(y_arr, s_arr, n_bins)
+    roc_png = plot_roc(out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip())
+    cal_png = plot_calibration(
+        out / f"{name}_calibration.png", y_arr, s_arr, n_bins, title=f"{title} calibration".strip()
+    )
+    with open(out / f"{name}_calibration.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(cal["bins"][0]))
+        writer.writeheader()
+        writer.writerows(cal["bins"])
+    result = {
+        **(extra or {}),
+        "threshold": float(threshold),
+        "n_images": int(y_arr.size),
+        "n_patients": int(len(set(map(str, patient_ids)))),
+        "n_fractures": int(y_arr.sum()),
+        "n_normals": int((1 - y_arr).sum()),
+        "metrics": ci,
+        "confusion": counts,
+        "confusion_text": confusion_sentence(counts),
+        "calibration": {k: v for k, v in cal.items() if k != "bins"},
+        "bootstrap": {
+            "unit": "patient",
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "level": 0.95,
+            "interval": "percentile",
+        },
+        "figures": {"roc": roc_png.name, "calibration": cal_png.name, "reliability_table": f"{name}_calibration.csv"},
+    }
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    logger.info(
+        "%s: AUC %.3f, accuracy %.3f; %s",
+        name,
+        ci["roc_auc"]["value"],
+        ci["accuracy"]["value"],
+        result["confusion_text"],
+    )
+    return result
