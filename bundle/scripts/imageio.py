@@ -110,7 +110,9 @@ def _load_pil(path: Path) -> np.ndarray:
             im.load()
             mode = im.mode
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError, ImportError) as err:
+    except ImportError as err:  # Pillow tried a plugin registered but not installed (Ultralytics' HEIF opener)
+        raise XrayReadError(path, "not a readable image file (no installed image decoder recognises it)") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise XrayReadError(path, f"not a readable image file ({type(err).__name__}: {err})") from err
     arr = _to_gray(arr, path)
     if mode.startswith("I;16") or arr.dtype == np.uint16:

@@ -122,6 +122,17 @@ def stage_parts(stage: dict, upstream: list[Path], parser: ConfigParser) -> tupl
     return parts, {"dataset_dir": str(dataset_dir), "split_file": str(split_file), "config": values}
 
 
+def upstream_weights(earlier: list[dict], parser: ConfigParser, models: Path) -> list[Path]:
+    """The weights files of the earlier stages that this stage reads: its ``<name>_weights`` value where the
+    config has one (an override may point at another run's file), else ``models/<name>.pt``."""
+    out = []
+    for stage in earlier:
+        for w in stage.get("weights", []):
+            key = f"{Path(w).stem}_weights"
+            out.append(Path(parser.get_parsed_content(key)) if key in parser else models / w)
+    return out
+
+
 def stage_decision(name: str, weights: list[Path], parts: dict, retrain: bool | list[str] | str) -> tuple[bool, str]:
     """Whether a stage trains, and why: ``(False, reason)`` only if every weights file records ``parts``."""
     if _wanted(name, retrain):
@@ -200,8 +211,8 @@ def train_all(
             if only and name not in only:
                 continue
             weights = [models / w for w in stage.get("weights", [])]
-            upstream = [models / w for s in stages[:i] for w in s.get("weights", [])]
-            parts, inputs = stage_parts(stage, upstream, stage_parser(stage, profile, overrides))
+            parser = stage_parser(stage, profile, overrides)
+            parts, inputs = stage_parts(stage, upstream_weights(stages[:i], parser, models), parser)
             train, reason = stage_decision(name, weights, parts, retrain)
             if not train:
                 logger.info("[%d/%d] %s: skipped: %s", i + 1, len(stages), name, reason)
