@@ -181,7 +181,12 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
         "crop_source": "landmarks",
         "split_fractions": [0.6, 0.2, 0.2],
     }
-    _run(("classifier.yaml",), overrides)
+    _run(("classifier.yaml",), {**overrides, "tracking": "mlflow"})
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")  # common.yaml's tracking_uri: a store in output_dir
+    (run,) = client.search_runs([client.get_experiment_by_name("nasal_bone_fracture").experiment_id])
+    assert run.info.status == "FINISHED" and {"train_loss", "val_auc", "val_accuracy"} <= set(run.data.metrics)
     model, info = load_classifier(models / "classifier.pt")
     assert 0.0 <= info["threshold"] <= 1.0
     assert info["crop_size"] == 64 and info["box_source"] == "landmarks" and info["threshold_rule"] == "youden"

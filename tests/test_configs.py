@@ -102,3 +102,27 @@ def test_no_long_yaml_expressions(path: Path) -> None:
 def test_no_empty_placeholder_namespaces() -> None:
     for path in sorted(CONFIGS.rglob("*.yaml")):
         assert not re.search(r"^\w+: \{\}\s*$", path.read_text(), flags=re.M), path.name
+
+
+@pytest.mark.parametrize(
+    ("stage", "data_format"), [("classifier", "network_data_format"), ("gd", "generator_data_format")]
+)
+def test_verify_net_in_out_on_each_stage_network_def(stage: str, data_format: str, tmp_path: Path) -> None:
+    """MONAI's ``verify_net_in_out`` on the training configs' ``network_def`` (C; G-D's generator), against the
+    input/output format metadata.json gives that network."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    meta["network_data_format"] = meta[data_format]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    spec = next(s for s in STAGES if s["name"] == stage)
+    files = [f for f in stage_files(spec, "train", "quick") if not f.endswith("quick.yaml")]
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
+    cmd += ["--meta_file", str(tmp_path / "metadata.json"), "--config_file", str(files)]
+    env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "data shape of network is verified with no error" in done.stdout + done.stderr

@@ -195,9 +195,18 @@ def test_stage_configs_run_end_to_end_and_resume(tiny_dataset, tmp_path) -> None
         "split_fractions": [0.6, 0.2, 0.2],
     }
     for stage in ("gd", "gdc1", "gdc2"):
-        _run_stage(stage, overrides)
+        _run_stage(stage, {**overrides, "tracking": "mlflow"})  # MONAI's own MLflow handler on the GAN trainers
         assert (out / stage / "samples" / "epoch_0001.png").is_file()
         assert len(list((out / stage / "checkpoints").glob("*.pt"))) == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nasal_bone_fracture").experiment_id])
+    assert sorted(r.info.run_name.split("-")[0] for r in runs) == ["gd", "gdc1", "gdc2"]  # one run per stage
+    for r in runs:
+        assert r.info.status == "FINISHED" and "train_loss" in r.data.metrics  # G's loss, every iteration
+    gd = next(r for r in runs if r.info.run_name.startswith("gd-"))
+    assert {"g_loss", "d_loss", "con"} <= set(gd.data.metrics)  # epoch averages of each loss term
     nets, info = load_networks(models / "gd.pt")
     assert set(nets) == {"generator", "discriminator"} and info["stage"] == "gd"
     g1, info1 = load_networks(models / "gdc1.pt")
