@@ -326,23 +326,25 @@ def evaluate(
 def log_to_mlflow(
     result: dict, out_dir: str | Path, tracking_uri: str | None, experiment_name: str, run_name: str
 ) -> None:
-    """Log every method's metrics (``<method>/<metric>``) and the table and figure as artifacts.
+    """Log every method's metrics (``<method>/<metric>``), the table and figure into the open run ``run_name`` (the
+    stage's nested run in the chained pipeline, as ``MLFlowHandler`` finds it), else into a run of its own."""
+    if not tracking_uri:
+        return
+    from .tracking import Tracker
 
-    Inside the chained pipeline the stage's nested run is open under ``run_name`` and receives them (as with
-    MONAI's ``MLFlowHandler``); run on its own, the evaluation gets a run of its own.
-    """
-    from .tracking import MlflowRun
-
-    run = MlflowRun(tracking_uri, experiment_name, run_name)
+    tracker = Tracker(tracking_uri, experiment_name)
+    run_id, started = tracker.open_or_start(run_name)
     groups = [*result["methods"].items(), *result["repaired"].items()]
-    run.log_metrics(
+    tracker.metrics(
+        run_id,
         {
             f"{m}/{k}".replace("[", "_").replace("]", ""): v
             for m, vals in groups
             for k, v in vals.items()
             if isinstance(v, float)
-        }
+        },
     )
     for name in ("localisation.json", "localisation.md", "cases.png"):
-        run.log_artifact(Path(out_dir) / name)
-    run.close()
+        tracker.artifact(run_id, Path(out_dir) / name)
+    if started:
+        tracker.end(run_id)

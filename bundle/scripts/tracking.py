@@ -1,14 +1,14 @@
-"""MLflow bookkeeping for the pipeline: one parent run, a nested run per stage.
+"""MLflow bookkeeping around MONAI's ``MLFlowHandler``: the pipeline's parent run and nested stage runs.
 
-Stage configs log through MONAI's ``MLFlowHandler`` with ``run_name: @mlflow_run_name``; the handler
-reuses the newest unfinished run of that name, so the pipeline creates each stage's run first (as a
-child of the pipeline run) and hands its name to the stage.
+Stages log through the ``MLFlowHandler`` that MONAI's ``--tracking mlflow`` adds to their engines, with the
+config's ``tracking_uri``, ``experiment_name`` and ``run_name``; the handler reuses the unfinished run of that
+name, so the pipeline creates each stage's run first (as a child of the pipeline run) and hands its name to the
+stage. What is not an engine (the localisation table, the inference summary) logs through ``Tracker``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -30,19 +30,35 @@ def artifact_location(tracking_uri: str, output_dir: str | Path) -> str | None:
 class Tracker:
     """A thin wrapper over ``MlflowClient`` for the pipeline's runs (no global MLflow state)."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, output_dir: str | Path) -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str, output_dir: str | Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
+        if output_dir is None and tracking_uri.startswith("sqlite:///"):  # artifacts beside the database
+            output_dir = Path(tracking_uri[len("sqlite:///") :]).parent
         exp = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (
             exp.experiment_id
             if exp
             else self.client.create_experiment(
-                experiment_name, artifact_location=artifact_location(tracking_uri, output_dir)
+                experiment_name,
+                artifact_location=artifact_location(tracking_uri, output_dir) if output_dir is not None else None,
             )
         )
+
+    def open_or_start(self, run_name: str) -> tuple[str, bool]:
+        """The unfinished run named ``run_name`` (as ``MLFlowHandler`` finds it), else a new one; and whether the
+        caller started it (and so should end it)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.run_name = '{run_name}'",
+            order_by=["attributes.start_time DESC"],
+        )
+        open_runs = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+        if open_runs:
+            return open_runs[0].info.run_id, False
+        return self.start(run_name), True
 
     def start(self, run_name: str, parent_id: str | None = None, tags: dict | None = None) -> str:
         """Create a run (nested under ``parent_id`` if given) and return its id."""
@@ -92,53 +108,3 @@ def run_name(stage: str) -> str:
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-class MlflowRun:
-    """The newest unfinished run named ``run_name`` in ``experiment_name`` (created if missing)."""
-
-    def __init__(
-        self, tracking_uri: str | None, experiment_name: str, run_name: str, artifact_location: str | None = None
-    ):
-        self.client = None
-        if not tracking_uri:
-            return
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            location = artifact_location
-            if location is None and tracking_uri.startswith("sqlite:///"):  # never ./mlruns in the working directory
-                location = str(Path(tracking_uri[len("sqlite:///") :]).parent.resolve() / "mlruns")
-            exp_id = self.client.create_experiment(experiment_name, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        runs = self.client.search_runs(
-            [exp_id], filter_string=f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"]
-        )
-        open_runs = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
-        self.owned = not open_runs
-        run = open_runs[0] if open_runs else self.client.create_run(exp_id, run_name=run_name)
-        self.run_id = run.info.run_id
-
-    def log_params(self, params: dict) -> None:
-        if self.client:
-            existing = self.client.get_run(self.run_id).data.params
-            for k, v in params.items():
-                if k not in existing:
-                    self.client.log_param(self.run_id, k, str(v)[:500])
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        if self.client:
-            for k, v in metrics.items():
-                if v is not None and math.isfinite(float(v)):
-                    self.client.log_metric(self.run_id, k.replace("(", "").replace(")", ""), float(v), step=step)
-
-    def close(self, status: str = "FINISHED") -> None:
-        if self.client and self.owned:
-            self.client.set_terminated(self.run_id, status)
-
-    def log_artifact(self, path: str | Path) -> None:
-        if self.client:
-            self.client.log_artifact(self.run_id, str(path))

@@ -8,13 +8,13 @@ it never downloads one.
 
 ``export_yolo_dataset`` writes a data-contract folder in the Ultralytics layout
 (``images/<split>/*.png`` as 8-bit grayscale, ``labels/<split>/*.txt`` with one class, ``data.yaml``),
-the box of each image being the landmark box (``scripts.boxes.landmark_box``) clipped to the image.
+the box of each image being the landmark box (``scripts.geometry.landmark_box``) clipped to the image.
 DICOM, NIfTI and 16-bit PNG are converted on the way with ``load_xray``. The export is cached and keyed
 by a fingerprint (``scripts.fingerprint``, recorded in ``fingerprint.json``): it is rebuilt, with a log
 line saying why, only when the split file, the dataset (``dataset.csv`` and its images) or the margin change.
 The split file is made first if absent, with the config's fractions and seed.
 
-Coordinates: ``scripts.boxes`` puts the centre of pixel ``(r, c)`` at ``(x=c, y=r)``, so the image spans
+Coordinates: ``scripts.geometry`` puts the centre of pixel ``(r, c)`` at ``(x=c, y=r)``, so the image spans
 ``[-0.5, cols - 0.5]``; Ultralytics puts pixel ``c`` on ``[c, c + 1]``. ``yolo_label`` adds the half pixel.
 """
 
@@ -84,7 +84,7 @@ def target_box(record: dict, shape, margin: float) -> np.ndarray:
 
 
 def yolo_label(box, shape) -> tuple[float, float, float, float]:
-    """Normalised YOLO ``(x_centre, y_centre, width, height)`` of a pixel box (``scripts.boxes`` convention)."""
+    """Normalised YOLO ``(x_centre, y_centre, width, height)`` of a pixel box (``scripts.geometry`` convention)."""
     h, w = shape[:2]
     x1, y1, x2, y2 = clip_to_image(box, shape) + 0.5  # to Ultralytics' pixel-edge coordinates, [0, w] x [0, h]
     return (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
