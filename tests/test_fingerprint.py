@@ -85,6 +85,11 @@ def test_stage_is_skipped_iff_its_weights_record_the_same_fingerprint(tmp_path: 
     assert stage_decision("classifier", weights, parts, True) == (True, "retrain requested")
     assert stage_decision("classifier", weights, parts, ["classifier"]) == (True, "retrain requested")
     assert not stage_decision("classifier", weights, parts, ["gd"])[0]
+    weights[0].write_bytes(b"another net")  # e.g. a stage run alone wrote new weights over the recorded ones
+    assert stage_decision("classifier", weights, parts, False) == (
+        True,
+        "classifier.pt was replaced since its fingerprint was recorded",
+    )
 
 
 def test_retrain_and_changed_inputs_clear_the_stage_folder(tmp_path: Path) -> None:

@@ -100,11 +100,14 @@ def sidecar(path: str | Path) -> Path:
 
 
 def record(path: str | Path, parts: dict[str, Any], inputs: dict[str, Any] | None = None) -> str:
-    """Write the sidecar of ``path`` (its fingerprint, parts and readable inputs); return the fingerprint."""
+    """Write the sidecar of ``path`` (its fingerprint, parts and readable inputs, and the file's own content
+    fingerprint when ``path`` is a file); return the fingerprint."""
     fp = combine(parts)
     out = sidecar(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"fingerprint": fp, "parts": parts, "inputs": inputs or {}, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if Path(path).is_file():
+        doc["file"] = file_fingerprint(path)
     out.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
     return fp
 

@@ -143,7 +143,10 @@ def stage_decision(name: str, weights: list[Path], parts: dict, retrain: bool | 
     if missing:
         return True, f"no weights at {missing[0]}"
     for w in weights:
-        reason = fingerprint.why(fingerprint.read(w), parts)
+        recorded = fingerprint.read(w)
+        if recorded and recorded.get("file") not in (None, fingerprint.file_fingerprint(w)):
+            return True, f"{w.name} was replaced since its fingerprint was recorded"
+        reason = fingerprint.why(recorded, parts)
         if reason:
             return True, f"{reason} ({w.name})" if reason == "no fingerprint recorded" else reason
     return False, f"weights match (fingerprint {fingerprint.combine(parts)})"
