@@ -168,7 +168,15 @@ def _run_stage(stage: str, overrides: dict, extra: tuple[str, ...] = ()) -> None
 
     files = [
         str(CONFIGS / f)
-        for f in ("common.yaml", "crop_training.yaml", "gan_common.yaml", f"{stage}.yaml", *extra, "profiles/tiny.yaml")
+        for f in (
+            "common.yaml",
+            "crop_training.yaml",
+            "gan_common.yaml",
+            *(["gdc_common.yaml"] if stage.startswith("gdc") else []),
+            f"{stage}.yaml",
+            *extra,
+            "profiles/tiny.yaml",
+        )
     ]
     run(
         config_file=files,

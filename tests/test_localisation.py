@@ -123,6 +123,7 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
             "common.yaml",
             "crop_training.yaml",
             "gan_common.yaml",
+            "gdc_common.yaml",
             "gdc2.yaml",
             "localisation_evaluate.yaml",
             "profiles/tiny.yaml",

@@ -52,7 +52,10 @@ def test_package_holds_the_bundle_and_large_files(packaged: Path) -> None:
 def test_zoo_ci_checks_pass_on_the_unpacked_bundle(packaged: Path) -> None:
     report = zoo.check(packaged)
     assert report["verify_metadata"] == "ok"
-    assert "network_def" in report["verify_net_in_out"]
+    assert report["verify_net_in_out"] == [
+        "inference.yaml network_def",
+        "gd.yaml network_def (generator_data_format)",
+    ]
     assert report["ckpt_export"]["network_def"] <= zoo.ATOL
     assert len(report["large_files"]) == 3
 

@@ -6,7 +6,8 @@
 done with MONAI's own tools: necessary files, version in the changelog, ``verify_metadata`` against the schema
 kept in the repo (offline), every weights file listed in ``large_files.yml`` with a matching sha256
 (``download_large_files`` checks existing files and downloads nothing), ``verify_net_in_out`` for the
-inference config's ``network_def`` (the one network ``network_data_format`` describes), and ``ckpt_export`` to
+inference config's ``network_def`` (classifier C, ``network_data_format``) and G-D's generator (``gd.yaml``,
+``generator_data_format``), and ``ckpt_export`` to
 TorchScript with a ``torch.jit.load`` round trip that must give the eager network's output.
 
     PYTHONPATH=bundle python -m tools.zoo package --out dist            # dist/<name>_v<version>.zip
@@ -40,6 +41,10 @@ INFERENCE = "configs/inference.yaml"
 # of its state dict inside it (scripts/checkpoint.py's self-describing format)
 EXPORTS = {"network_def": ("models/classifier.pt", "classifier")}
 ATOL = 1e-5  # TorchScript vs eager, float32 on CPU
+# G-D's generator (stage 3's network_def), checked against metadata.json's generator_data_format
+GENERATOR_DEFS = {
+    ("common.yaml", "crop_training.yaml", "gan_common.yaml", "gd.yaml"): "generator_data_format",
+}
 
 
 def sha256(path: Path) -> str:
@@ -156,7 +161,14 @@ def check(bundle: Path, require_weights: bool = True) -> dict:
     net_ids = list(EXPORTS)  # the networks metadata.json's network_data_format describes
     for net_id in net_ids:
         _monai(bundle, "verify_net_in_out", net_id, "--meta_file", "configs/metadata.json", "--config_file", INFERENCE)
-    report["verify_net_in_out"] = net_ids
+    report["verify_net_in_out"] = [f"inference.yaml {n}" for n in net_ids]
+    for config, data_format in GENERATOR_DEFS.items():  # the training configs' other networks, by their own format
+        with tempfile.TemporaryDirectory() as tmp:
+            meta_file = Path(tmp) / "metadata.json"
+            meta_file.write_text(json.dumps({**meta, "network_data_format": meta[data_format]}))
+            files = str([f"configs/{f}" for f in config])
+            _monai(bundle, "verify_net_in_out", "network_def", "--meta_file", str(meta_file), "--config_file", files)
+        report["verify_net_in_out"].append(f"{config[-1]} network_def ({data_format})")
 
     report["ckpt_export"] = {}
     for net_id, (ckpt, key) in EXPORTS.items():

@@ -22,6 +22,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from . import checkpoint
 from .geometry import Letterbox, crop_box, squarify
 from .yolo_export import CLASS_NAME, prepare_ultralytics
 
@@ -79,9 +80,7 @@ def save_detector(
         "imgsz": int(imgsz),
         "margin": float(margin),
     }
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out)
+    out = checkpoint.atomic_save(ckpt, out_path)
     meta = {
         "format": CHECKPOINT_FORMAT,
         "model": model.yaml.get("yaml_file", ""),
@@ -111,9 +110,10 @@ class NasalBoneDetector:
     """The trained detector: ``predict(image01)`` -> (best box in original pixels or ``None``, confidence)."""
 
     def __init__(self, weights: str | Path, imgsz: int | None = None, conf: float = 0.05, device=None):
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{weights}: not a detector checkpoint of this bundle (format {ckpt.get('format')!r})")
+        ckpt = checkpoint.safe_load(weights)  # weights_only=True; a file it refuses gives a one-line error
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        if found != CHECKPOINT_FORMAT:
+            raise checkpoint.CheckpointError(f"{weights}: not a detector checkpoint of this bundle (found {found!r})")
         self.device = _torch_device(device)
         self.model = _build_model(ckpt).fuse(verbose=False).to(self.device)  # conv + batch norm folded for inference
         self.imgsz = int(imgsz or ckpt["imgsz"])

@@ -19,7 +19,6 @@ just before Ultralytics' final formatting step.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from . import fingerprint
 from .detector import save_detector, ultralytics_device
 from .yolo_export import prepare_ultralytics
 
@@ -231,19 +231,19 @@ class DetectorTrainer(Engine):
                 logger.warning("detector: parameters not logged to MLflow: %s", e)
 
     def fingerprint(self) -> str:
-        """A hash of everything that changes the trained weights (settings and exported data)."""
+        """``scripts.fingerprint`` of everything that changes the trained weights: the settings and the exported
+        data (the YOLO export's own fingerprint: split, dataset, margin)."""
         keep = {k: v for k, v in self.args.items() if k not in ("workers", "cache", "plots", "project", "name")}
-        text = json.dumps(
+        export = fingerprint.read(Path(self.data_yaml).parent) or {}
+        return fingerprint.digest(
             {
                 "model": self.model,
                 "args": keep,
                 "salt_pepper": self.salt_pepper,
                 "margin": self.margin,
-                "data": Path(self.data_yaml).parent.joinpath("export.json").read_text(),
-            },
-            sort_keys=True,
+                "data": export.get("fingerprint") or Path(self.data_yaml).parent.joinpath("export.json").read_text(),
+            }
         )
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _epoch_end(self, tr) -> None:
         """Ultralytics' ``on_fit_epoch_end``: one Ignite iteration and epoch with that epoch's numbers."""

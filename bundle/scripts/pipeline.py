@@ -122,14 +122,15 @@ def stage_parts(stage: dict, upstream: list[Path], parser: ConfigParser) -> tupl
     return parts, {"dataset_dir": str(dataset_dir), "split_file": str(split_file), "config": values}
 
 
-def upstream_weights(earlier: list[dict], parser: ConfigParser, models: Path) -> list[Path]:
-    """The weights files of the earlier stages that this stage reads: its ``<name>_weights`` value where the
-    config has one (an override may point at another run's file), else ``models/<name>.pt``."""
+def upstream_weights(stage: dict, earlier: list[dict], parser: ConfigParser, models: Path) -> list[Path]:
+    """The weights files this stage reads (its ``reads`` list in train.yaml; else every earlier stage's): the
+    config's ``<name>_weights`` value where it has one (an override may point at another run's file), else
+    ``models/<name>``."""
+    names = stage.get("reads", [w for s in earlier for w in s.get("weights", [])])
     out = []
-    for stage in earlier:
-        for w in stage.get("weights", []):
-            key = f"{Path(w).stem}_weights"
-            out.append(Path(parser.get_parsed_content(key)) if key in parser else models / w)
+    for w in names:
+        key = f"{Path(w).stem}_weights"
+        out.append(Path(parser.get_parsed_content(key)) if key in parser else models / w)
     return out
 
 
@@ -215,7 +216,7 @@ def train_all(
                 continue
             weights = [models / w for w in stage.get("weights", [])]
             parser = stage_parser(stage, profile, overrides)
-            parts, inputs = stage_parts(stage, upstream_weights(stages[:i], parser, models), parser)
+            parts, inputs = stage_parts(stage, upstream_weights(stage, stages[:i], parser, models), parser)
             train, reason = stage_decision(name, weights, parts, retrain)
             if not train:
                 logger.info("[%d/%d] %s: skipped: %s", i + 1, len(stages), name, reason)
