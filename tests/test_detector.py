@@ -363,3 +363,18 @@ def test_evaluation_and_inference_offline(cli_trained, tiny_dataset, tmp_path, m
     assert d["crop"].shape == (1, 32, 32) and d["image"].shape == (1, *img.shape)
     x1, y1, x2, y2 = d["box"]
     assert x2 - x1 == pytest.approx(y2 - y1) and d["box_source"] == "detector"
+
+
+def test_detector_weights_cannot_run_code(models, tmp_path) -> None:
+    """A detector.pt whose model description carries code (Ultralytics would eval its activation) is refused."""
+    from scripts.checkpoint import CheckpointError, atomic_save
+    from scripts.detector import NasalBoneDetector
+
+    marker = tmp_path / "ran"
+    ckpt = torch.load(models / "detector.pt", map_location="cpu", weights_only=True)
+    ckpt["yaml"]["activation"] = f"__import__('pathlib').Path({str(marker)!r}).touch() or nn.SiLU()"
+    crafted = atomic_save(ckpt, tmp_path / "detector.pt")
+    with pytest.raises(CheckpointError, match="refused model description"):
+        NasalBoneDetector(crafted)
+    assert not marker.exists()
+    assert os.environ.get("ULTRALYTICS_SAFE_LOAD") == "1"  # Ultralytics' own loads are restricted too

@@ -15,6 +15,7 @@ imports neither, nor Ultralytics' training code, so that inference stays light.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from . import checkpoint
 from .geometry import Letterbox, crop_box, squarify
 from .yolo_export import CLASS_NAME, prepare_ultralytics
 
+SAFE_ACTIVATION = re.compile(r"(torch\.)?nn\.[A-Za-z0-9]+\(\)")  # e.g. nn.SiLU(), the only activation spec allowed
 CHECKPOINT_FORMAT = "ultralytics-detection-model/1"  # the "format" field of detector.pt and detector.json
 
 
@@ -49,8 +51,15 @@ def best_box(pred: torch.Tensor, end2end: bool = False) -> tuple[np.ndarray, flo
 # ----------------------------------------------------------------------------------------------
 
 
-def _build_model(ckpt: dict):
-    """The Ultralytics ``DetectionModel`` of a ``detector.pt`` checkpoint dict, in eval mode."""
+def _build_model(ckpt: dict, source: str | Path = "detector checkpoint"):
+    """The Ultralytics ``DetectionModel`` of a ``detector.pt`` checkpoint dict, in eval mode.
+
+    The model description comes from the file: Ultralytics would ``eval()`` its ``activation`` (and its own
+    restricted mode is fixed when Ultralytics is first imported), so anything but a plain ``nn.<Name>()`` is refused.
+    """
+    act = ckpt["yaml"].get("activation")
+    if act is not None and not (isinstance(act, str) and SAFE_ACTIVATION.fullmatch(act)):
+        raise checkpoint.CheckpointError(f"{source}: refused model description (activation {str(act)[:60]!r})")
     prepare_ultralytics(None)
     from ultralytics.nn.tasks import DetectionModel
 
@@ -115,7 +124,8 @@ class NasalBoneDetector:
         if found != CHECKPOINT_FORMAT:
             raise checkpoint.CheckpointError(f"{weights}: not a detector checkpoint of this bundle (found {found!r})")
         self.device = _torch_device(device)
-        self.model = _build_model(ckpt).fuse(verbose=False).to(self.device)  # conv + batch norm folded for inference
+        # conv + batch norm folded for inference
+        self.model = _build_model(ckpt, weights).fuse(verbose=False).to(self.device)
         self.imgsz = int(imgsz or ckpt["imgsz"])
         self.margin = float(ckpt["margin"])
         self.conf = float(conf)

@@ -50,6 +50,9 @@ def prepare_ultralytics(config_dir: str | Path | None = None) -> Path:
     """
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
+    # weights are data: Ultralytics loads its checkpoints with weights_only=True and an allow-list, and builds
+    # models without eval() (read when Ultralytics is imported; scripts.detector also checks detector.pt itself)
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     if "ultralytics" not in sys.modules and (config_dir is not None or not os.environ.get("YOLO_CONFIG_DIR")):
         # inference alone (no config_dir): a temporary folder rather than the user's ~/.config
