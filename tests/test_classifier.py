@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from scripts.checkpoint import CLASSIFIER_FORMAT, CheckpointError
-from scripts.classifier import FractureClassifier, latest_checkpoint, load_classifier, save_classifier
+from scripts.classifier import FractureClassifier, load_classifier, save_classifier
 from scripts.networks import Generator, save_networks
+from scripts.resume import latest_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 

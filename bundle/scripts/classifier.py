@@ -253,11 +253,3 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise checkpoint.CheckpointError(f"{path}: classifier checkpoint without its network or operating threshold")
     model = nets["classifier"]
     return model, {**info, "threshold": float(info["threshold"]), "config": dict(model.config)}
-
-
-def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The resumption checkpoint with the highest epoch in ``ckpt_dir``, or None (``scripts.resume.latest_checkpoint``;
-    ``scripts.resume.resume_checkpoint`` also checks the folder's fingerprint)."""
-    from .resume import latest_checkpoint as latest
-
-    return latest(ckpt_dir)

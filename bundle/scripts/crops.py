@@ -95,9 +95,9 @@ def ensure_crops(
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows, missed = [], 0
-    stems = unique_stems([r["id"] for s in SPLITS for r in split_records(dataset_dir, split_file, s)])
-    for split in SPLITS:
-        records = split_records(dataset_dir, split_file, split)
+    by_split = {s: split_records(dataset_dir, split_file, s) for s in SPLITS}
+    stems = unique_stems([r["id"] for records in by_split.values() for r in records])
+    for split, records in by_split.items():
         gt = _boxes_from_landmarks(records, margin)
         boxes = gt if detector is None else _boxes_from_detector(records, detector)
         for r in records:

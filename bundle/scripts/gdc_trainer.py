@@ -257,11 +257,3 @@ class SampleImages:
         path = self.save_dir / f"epoch_{engine.state.epoch:04d}.png"
         Image.fromarray(sample_grid(image, fake, mask, self.n, self.diff_gain)).save(path)
         return path
-
-
-def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The resumption checkpoint with the highest epoch in ``ckpt_dir``, or None (``scripts.resume.latest_checkpoint``;
-    ``scripts.resume.resume_checkpoint`` also checks the folder's fingerprint)."""
-    from .resume import latest_checkpoint as latest
-
-    return latest(ckpt_dir)

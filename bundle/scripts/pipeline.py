@@ -225,7 +225,9 @@ def train_all(
             verb = "retraining" if any(w.is_file() for w in weights) else "training"
             logger.info("[%d/%d] %s: %s: %s", i + 1, len(stages), name, verb, reason)
             prepare_stage_dir(output / name, parts, fresh=_wanted(name, retrain))
-            summary["stages"][name] = _run_stage(stage, i, len(stages), profile, overrides, evaluate, tracker, parent)
+            summary["stages"][name] = _run_stage(
+                stage, i, len(stages), profile, overrides, evaluate, tracker, parent, parser
+            )
             summary["stages"][name]["reason"] = reason
             for w in weights:
                 fingerprint.record(w, parts, inputs)
@@ -239,8 +241,17 @@ def train_all(
 
 
 def _run_stage(
-    stage: dict, i: int, n: int, profile: str, overrides: dict, evaluate: bool, tracker: Tracker, parent: str
+    stage: dict,
+    i: int,
+    n: int,
+    profile: str,
+    overrides: dict,
+    evaluate: bool,
+    tracker: Tracker,
+    parent: str,
+    parser: ConfigParser,
 ) -> dict:
+    """Train (then evaluate) one stage in its nested run; ``parser`` is its merged config (``stage_parser``)."""
     name = stage["name"]
     child_name = run_name(name)
     child = tracker.start(child_name, parent_id=parent, tags={"stage": name})
@@ -250,9 +261,6 @@ def _run_stage(
         logger.info("[%d/%d] %s: training (%s profile)", i + 1, n, name, profile)
         start = time.perf_counter()
         files = stage_files(stage, "train", profile)
-        parser = ConfigParser()
-        parser.read_config(files)
-        parser.update(stage_overrides)
         tracker.params(
             child,
             {

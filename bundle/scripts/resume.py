@@ -1,12 +1,12 @@
 """Resumption checkpoints that belong to the run they were made by.
 
-A stage's resume folder (the classifier's ``@classifier_dir``, a GAN stage's ``@ckpt_dir``) records the
+A stage's resume folder (``@ckpt_dir``: ``<output_dir>/<stage>/checkpoints``, crop_training.yaml) records the
 fingerprint of what its checkpoints were trained from in ``resume.fingerprint.json``. A run resumes only
 when that fingerprint matches its own; otherwise the old checkpoints are deleted (with a log line saying
 why) and training starts afresh. In a stage config::
 
     stage_fingerprint: "$scripts.fingerprint.stage_fingerprint(@classifier, @crops_csv)"
-    resume_from: "$scripts.resume.resume_checkpoint(@classifier_dir, @stage_fingerprint)"
+    resume_from: "$scripts.resume.resume_checkpoint(@ckpt_dir, @stage_fingerprint)"
 """
 
 from __future__ import annotations
