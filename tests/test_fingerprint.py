@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from scripts import fingerprint
 from scripts.pipeline import prepare_stage_dir, stage_decision
 from scripts.resume import latest_checkpoint, resume_checkpoint
@@ -52,7 +54,7 @@ def test_sidecar_records_parts_and_says_why(tmp_path: Path) -> None:
 def _checkpoints(folder: Path, *epochs: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for n in epochs:
-        (folder / f"checkpoint_epoch={n}.pt").write_bytes(b"")
+        torch.save({"epoch": n}, folder / f"checkpoint_epoch={n}.pt")
 
 
 def test_resume_only_from_a_folder_with_the_same_fingerprint(tmp_path: Path, caplog) -> None:

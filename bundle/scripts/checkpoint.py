@@ -38,26 +38,44 @@ class CheckpointError(ValueError):
     """A weights file that is not the kind of checkpoint asked for (foreign, old, damaged or unsafe)."""
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op elsewhere)."""
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_replace(tmp: str | Path, path: str | Path) -> Path:
+    """``fsync`` the finished file ``tmp``, give it the usual permissions, and ``os.replace`` it onto ``path``."""
+    tmp, path = Path(tmp), Path(path)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; weights are shared like any other output
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, ``fsync`` it, then ``os.replace`` it onto ``path``."""
+    """``torch.save`` to a temporary file beside ``path``, ``fsync`` it, then ``os.replace`` it onto ``path``.
+
+    A kill or an error at any point leaves ``path`` as it was (old content or absent), never truncated.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     return path
 
 

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from . import fingerprint
+from .checkpoint import atomic_replace
 from .detector import save_detector, ultralytics_device
 from .yolo_export import prepare_ultralytics
 
@@ -76,6 +78,20 @@ class YoloSaltPepper:
         return labels
 
 
+def _loads(path: Path) -> bool:
+    """Whether Ultralytics' checkpoint ``path`` exists and is whole (a torch zip whose entries pass their CRC)."""
+    if not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        damaged = str(err)
+    if damaged:
+        logger.warning("detector: %s is damaged (%s): training from scratch instead of resuming", path, damaged)
+    return not damaged
+
+
 def _trainer_class(prob: float, amount: float, seed: int):
     """A ``DetectionTrainer`` whose training dataset adds salt-and-pepper noise (``YoloSaltPepper``)."""
     from copy import copy
@@ -97,6 +113,21 @@ def _trainer_class(prob: float, amount: float, seed: int):
                 dataset.__class__ = SaltPepperDataset
                 dataset.transforms = dataset.build_transforms(copy(self.args))
             return dataset
+
+        def save_model(self):
+            # Ultralytics writes last.pt/best.pt in place: a kill mid-write leaves a truncated last.pt that every
+            # rerun would resume from and fail on. Write beside them, then fsync and rename into place.
+            final = {"last": self.last, "best": self.best}
+            for key, path in final.items():
+                setattr(self, key, path.with_name(f".{path.name}.tmp"))
+            try:
+                return super().save_model()
+            finally:
+                for key, path in final.items():
+                    tmp = getattr(self, key)
+                    setattr(self, key, path)
+                    if tmp.is_file():
+                        atomic_replace(tmp, path)
 
         def final_eval(self):
             # Ultralytics re-validates best.pt and reports it through "on_fit_epoch_end" at epoch + 1; flag it
@@ -271,7 +302,7 @@ class DetectorTrainer(Engine):
         saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
         key = self.fingerprint()
         last, best = self.run_dir / "weights" / "last.pt", self.run_dir / "weights" / "best.pt"
-        resume = saved.get("fingerprint") == key and not saved.get("complete") and last.is_file()
+        resume = saved.get("fingerprint") == key and not saved.get("complete") and _loads(last)
         self.should_terminate = False
         self.state.max_epochs = self.args["epochs"]
         self.state.epoch_length = _train_batches(self.data_yaml, self.args["batch"])
