@@ -68,8 +68,27 @@ def test_split_file_written_once_and_read_back(tmp_path: Path) -> None:
         or patients["val"] & patients["test"]
     )
     assert sum(len(v) for v in by_split.values()) == 40
-    split_file.write_text(split_file.read_text().replace(",train", ",val", 1))  # a hand-edited split is respected
-    assert ensure_split(tmp_path / "d", split_file) == split_file and read_split(split_file) != mapping
+
+
+def test_hand_edited_split_is_respected_unless_it_separates_a_patient(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "d", n_patients=20)
+    split_file = ensure_split(tmp_path / "d", tmp_path / "split.csv")
+    lines = split_file.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.endswith(",train"))
+    patient = lines[first].split(",")[1]
+    moved = [line.removesuffix(",train") + ",val" if f",{patient}," in line else line for line in lines]
+    one_moved = [moved[first] if i == first else line for i, line in enumerate(lines)]
+    split_file.write_text("\n".join(one_moved) + "\n")  # one of the patient's two images moved to val
+    assert ensure_split(tmp_path / "d", split_file) == split_file and split_file.read_text().count(",val\n") > 0
+    expected = f"split.csv:{first + 2}: column split: patient {patient} is in train here but in val on line {first + 1}"
+    with pytest.raises(DatasetError, match=expected):
+        split_records(tmp_path / "d", split_file, "train")
+    split_file.write_text("\n".join(moved) + "\n")  # both moved: the patient is in val, as edited
+    assert patient in {r["patient_id"] for r in split_records(tmp_path / "d", split_file, "val")}
+    split_file.write_text("\n".join(moved[:-1]).replace(",test", ",testing", 1) + "\n")
+    with pytest.raises(DatasetError) as err:
+        split_records(tmp_path / "d", split_file, "val")
+    assert "column split: unknown split 'testing'" in str(err.value) and "1 image(s) of the dataset" in str(err.value)
 
 
 def test_contract_errors_name_the_problem(tmp_path: Path) -> None:
@@ -79,15 +98,26 @@ def test_contract_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="missing column"):
         read_dataset(tmp_path)
     header = ",".join(COLUMNS)
-    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,2,1,1,2,2,\n")
-    with pytest.raises(DatasetError, match="line 2: label must be 0 or 1"):
+    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,2,1,1,2,2,\nb.png,,1,x,1,2,2,\na.png,P1,1,1,1,2,2,\n")
+    with pytest.raises(DatasetError) as err:  # every problem in one error, each with its line and column
         read_dataset(tmp_path)
-    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,1,x,1,2,2,\n")
-    with pytest.raises(DatasetError, match="nasion_x: 'x' is not a number"):
-        read_dataset(tmp_path)
-    (tmp_path / "dataset.csv").write_text(f"{header}\na.png,P1,1,1,1,2,2,\n")
-    with pytest.raises(DatasetError, match="do not exist"):
-        read_dataset(tmp_path)
+    for expected in (
+        "dataset.csv:2: column label: must be 0 or 1, got '2'",
+        "dataset.csv:2: column image: a.png: file not found",
+        "dataset.csv:3: column patient_id: empty",
+        "dataset.csv:3: column nasion_x: 'x' is not a number",
+        "dataset.csv:4: column image: a.png is listed again (first on line 2)",
+    ):
+        assert expected in str(err.value)
+    assert str(err.value).startswith(f"{tmp_path / 'dataset.csv'}: 6 error(s):")
+
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "d", n_patients=2)
+    csv_path = tmp_path / "d" / "dataset.csv"
+    plain = read_dataset(tmp_path / "d")
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # what Excel's "CSV UTF-8" writes
+    assert read_dataset(tmp_path / "d") == plain
 
 
 def test_split_honours_fractions_and_seed_when_first_made(tmp_path: Path) -> None:
