@@ -1,4 +1,5 @@
-"""DICOM outputs: SC of the overlay and TID 1500 SR, with and without a DICOM source, patient identity rules."""
+"""DICOM outputs: SC of the overlay and TID 1500 SR, with and without a DICOM source, patient identity rules
+(with the flag: the source's study and patient module; without: a de-identified new study, nothing of the source)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from scripts.dicom_out import write_dicom_outputs
+from scripts.dicom_out import DEIDENTIFICATION_METHOD, write_dicom_outputs
 from scripts.dicom_sr import DETECTOR_CONFIDENCE, NASAL_BONE_DETECTED, NASAL_BONE_FRACTURE, largest_region_outline
 
 ROWS, COLS = 64, 48
 BOX = [3.5, 4.0, 30.0, 50.0]
+# the source's Patient and Study module attributes that are copied with the flag and emptied without it
+IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName")
+STUDY = ("AccessionNumber", "StudyID", "StudyDate", "StudyTime")
 
 
 def _source() -> Dataset:
@@ -42,6 +46,13 @@ def _source() -> Dataset:
     ds.Modality = "DX"
     ds.Manufacturer = "ACME"
     ds.InstitutionName = "General Hospital"
+    ds.ReferringPhysicianName = "WHO^DOCTOR"
+    ds.StudyDescription = "NASAL BONES"
+    other = Dataset()
+    other.PatientID = "OTHER-778"
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+    ds.PatientComments = "allergic to nothing"
     ds.Rows, ds.Columns = ROWS, COLS
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -112,29 +123,51 @@ def test_with_dicom_source(tmp_path: Path, keep: bool) -> None:
     np.testing.assert_array_equal(sc.pixel_array, overlay)
     assert sc.PhotometricInterpretation == "RGB" and sc.BitsAllocated == 8 and sc.BurnedInAnnotation == "YES"
     assert sc.SoftwareVersions == "9.9.9" and "research use only" in sc.SeriesDescription
-    for ds in (sc, sr):
-        assert ds.StudyInstanceUID == source.StudyInstanceUID
-        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
-        assert ds.AccessionNumber == "ACC1" and ds.StudyDate == "20240102"
-        if keep:
-            assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate) == ("DOE^JANE", "12345", "19800101")
-        else:
-            assert str(ds.PatientName) != "DOE^JANE" and ds.PatientID != "12345"
-            assert not ds.PatientBirthDate and not ds.PatientSex
+    assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.PatientID == sr.PatientID
     assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
-    if not keep:  # identity strings appear nowhere in either file (e.g. through sequences)
+    for ds in (sc, sr):
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert "InstitutionName" not in ds  # equipment of the source: never copied
+        if keep:  # the source's study, its patient and study modules intact
+            assert ds.StudyInstanceUID == source.StudyInstanceUID
+            for keyword in IDENTITY + STUDY + ("StudyDescription", "OtherPatientIDsSequence", "PatientComments"):
+                assert ds[keyword].value == source[keyword].value, keyword
+            assert "PatientIdentityRemoved" not in ds
+        else:  # a new, de-identified study
+            assert ds.StudyInstanceUID != source.StudyInstanceUID
+            assert ds.PatientID == "ANON"
+            assert all(not ds.get(k) for k in IDENTITY + STUDY if k != "PatientID")
+            assert "OtherPatientIDsSequence" not in ds and "StudyDescription" not in ds
+            assert ds.PatientIdentityRemoved == "YES" and list(ds.DeidentificationMethod) == list(
+                DEIDENTIFICATION_METHOD
+            )
+            assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+            assert ds.LongitudinalTemporalInformationModified == "REMOVED"
+    # what dcentvfy checks: one PatientID per StudyInstanceUID across the source and the outputs
+    ids: dict[str, set] = {}
+    for ds in (source, sc, sr):
+        ids.setdefault(ds.StudyInstanceUID, set()).add(ds.PatientID)
+    assert all(len(v) == 1 for v in ids.values()) and len(ids) == (1 if keep else 2)
+    if not keep:  # identity strings and source UIDs appear nowhere in either file (e.g. through sequences)
+        source_uids = {source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID}
         for path in paths.values():
             raw = path.read_bytes()
-            assert b"DOE^JANE" not in raw and b"General Hospital" not in raw
-            values = {str(elem.value) for elem in pydicom.dcmread(path).iterall() if elem.VR in ("PN", "LO", "SH")}
+            for text in (b"DOE^JANE", b"General Hospital", b"WHO^DOCTOR", b"OTHER-778", b"NASAL BONES", b"ACC1"):
+                assert text not in raw
+            assert b"19800101" not in raw and b"20240102" not in raw
+            elements = list(pydicom.dcmread(path).iterall())
+            values = {str(elem.value) for elem in elements if elem.VR in ("PN", "LO", "SH")}
             assert "12345" not in values  # (a byte search could hit a random UID)
+            assert not source_uids & {str(elem.value) for elem in elements if elem.VR == "UI"}
 
     evidence = {
         item.ReferencedSOPInstanceUID
         for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    assert evidence == {sc.SOPInstanceUID, source.SOPInstanceUID}
+    assert evidence == ({sc.SOPInstanceUID, source.SOPInstanceUID} if keep else {sc.SOPInstanceUID})
+    assert "PertinentOtherEvidenceSequence" not in sr
+    assert ("SourceImageSequence" in sc) == keep
 
     groups = sr.content.get_planar_roi_measurement_groups()
     assert len(groups) == 2
@@ -183,7 +216,7 @@ def test_no_box_still_writes_report(tmp_path: Path) -> None:
     before = copy.deepcopy(source)
     result = _result(box=None)
     result["fracture_probability"], result["fracture"] = None, False
-    paths = write_dicom_outputs(_overlay(), result, tmp_path, "nobox", source=source)
+    paths = write_dicom_outputs(_overlay(), result, tmp_path, "nobox", source=source, keep_patient_identity=True)
     sc, sr = _read(paths)
     assert source == before
     assert sr.StudyInstanceUID == source.StudyInstanceUID
@@ -194,6 +227,23 @@ def test_no_box_still_writes_report(tmp_path: Path) -> None:
     assert evaluations[NASAL_BONE_DETECTED] == codes.SCT.No
     assert evaluations[NASAL_BONE_FRACTURE] == codes.DCM.PresenceUndetermined
     assert "Probability" not in _values(groups[0])
+    sources = {  # the group's source images and the image library: the SC and the source
+        elem.value
+        for item in sr.ContentSequence
+        for elem in item.iterall()
+        if elem.keyword == "ReferencedSOPInstanceUID"
+    }
+    assert sources == {sc.SOPInstanceUID, source.SOPInstanceUID}
+
+
+def test_keep_identity_with_a_sop_class_highdicom_does_not_know(tmp_path: Path) -> None:
+    source = _source()
+    source.SOPClassUID = "1.2.826.0.1.3680043.8.498.1"  # a private SOP class: from_ref_dataset's copy only
+    paths = write_dicom_outputs(_overlay(), _result(), tmp_path, "private", source=source, keep_patient_identity=True)
+    sc, sr = _read(paths)
+    for ds in (sc, sr):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert all(ds[k].value == source[k].value for k in IDENTITY + STUDY)
 
 
 def test_rejects_bad_overlay_and_source_path(tmp_path: Path) -> None:

@@ -1,15 +1,32 @@
 """DICOM outputs of the inference pipeline: an RGB Secondary Capture of the overlay and a TID 1500 Comprehensive SR.
 
-Both objects join the source image's study (new series) when the input was DICOM, else a new study. Patient identity
-(name, ID, birth date, sex, referring physician) is only copied with ``keep_patient_identity=True``; otherwise the
-objects carry an empty PatientName and ``PatientID="ANON"``. The source dataset is only read, never modified.
+Patient identity follows one rule for both objects, ``keep_patient_identity`` (the inference config's
+``dicom_keep_patient_identity``):
 
-The SR, its coordinates and its codes are built in ``dicom_sr.py``.
+- ``True``, with a DICOM source (the mode for PACS use): both objects join the source's study (a new series each)
+  and carry the source's Patient and Study modules intact (highdicom's ``SCImage.from_ref_dataset``, then
+  ``copy_patient_and_study_information``: name, ID, other IDs, birth date, sex, accession number, study date, time,
+  ID and description, referring physician, ...). The SC's Source Image Sequence and the SR's evidence and
+  measurements reference the source image.
+- ``False`` (the default): a de-identified new study. Nothing of the source's Patient or Study modules is copied:
+  new Study, Series and SOP Instance UIDs; PatientID ``ANON``; PatientName, birth date, sex, accession number,
+  Study ID, referring physician, study date and study time empty; no reference to any of the source's UIDs (the SR's
+  evidence and measurements reference the SC, which is on the source's pixel grid). Institution, equipment, other
+  patient IDs and private attributes of the source are not copied in either mode. The objects say so:
+  PatientIdentityRemoved ``YES``, DeidentificationMethod (``DEIDENTIFICATION_METHOD``) and its code (DCM 113100,
+  Basic Application Confidentiality Profile), LongitudinalTemporalInformationModified ``REMOVED``. Kept from the
+  source: its pixels (the overlay is drawn on them; text burnt into the input image is not removed, so the Clean
+  Pixel Data Option is not claimed), the image size, Pixel Spacing and Patient Orientation. The only dates are when
+  the objects were made (InstanceCreationDate/Time, ContentDate/Time).
+- Without a usable DICOM source (PNG or NIfTI input, or a DICOM file without its UIDs): a new study as in the
+  de-identified mode; the de-identification attributes are added when a DICOM source was given.
+
+The source dataset is only read, never modified. The SR, its coordinates and its codes are built in ``dicom_sr.py``.
 """
 
 from __future__ import annotations
 
-import datetime
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +35,8 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .dicom_sr import MANUFACTURER, PROJECT_NAME, build_structured_report
@@ -28,7 +47,29 @@ SC_SERIES_DESCRIPTION = "Nasal bone fracture AI overlay (research use only)"
 SC_SERIES_NUMBER = 9901
 ANON_PATIENT_NAME = ""  # type 2: empty
 ANON_PATIENT_ID = "ANON"
-IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName")
+# what highdicom's from_ref_dataset copies (with the flag); the rest of the two modules follows when highdicom
+# knows the source's IOD
+REF_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferringPhysicianName",
+)
+# DeidentificationMethod (LO, at most 64 characters a value) of the de-identified outputs
+DEIDENTIFICATION_METHOD = (
+    f"{PROJECT_NAME}: new study, no source identity or UIDs",
+    "PS3.15 Basic Profile on attributes; pixel data not cleaned",
+)
+PIXEL_DATA = Tag("PixelData")
 
 
 def write_dicom_outputs(
@@ -42,14 +83,17 @@ def write_dicom_outputs(
 ) -> dict[str, Path]:
     """Write ``<stem>_sc.dcm`` (overlay) and ``<stem>_sr.dcm`` (findings) to ``out_dir`` and return their paths."""
     overlay = _check_overlay(overlay_rgb)
-    source = _usable_source(source, overlay.shape[:2])
+    usable = _usable_source(source, overlay.shape[:2])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"secondary_capture": out_dir / f"{stem}_sc.dcm", "structured_report": out_dir / f"{stem}_sr.dcm"}
     _refuse_source_path(source, paths.values())
 
+    joined = usable if keep_patient_identity else None  # the source whose study the outputs join
     sc = build_secondary_capture(overlay, source, keep_patient_identity, model_version)
-    sr = build_structured_report(result, sc, source, model_version)
+    sr = build_structured_report(result, sc, joined, model_version)
+    if source is not None and joined is None:
+        mark_deidentified(sr)
     sc.save_as(paths["secondary_capture"], enforce_file_format=True)
     sr.save_as(paths["structured_report"], enforce_file_format=True)
     logger.debug("wrote DICOM SC %s and SR %s", sc.SOPInstanceUID, sr.SOPInstanceUID)
@@ -59,7 +103,8 @@ def write_dicom_outputs(
 def build_secondary_capture(
     overlay: np.ndarray, source: Dataset | None, keep_patient_identity: bool, model_version: str
 ) -> hd.sc.SCImage:
-    """RGB 8-bit SC image of the overlay, in the source's study (new series) or in a new study."""
+    """RGB 8-bit SC image of the overlay: in the source's study with its identity (``keep_patient_identity`` and a
+    usable source), else in a new, de-identified study (see the module docstring)."""
     common: dict[str, Any] = dict(
         pixel_array=overlay,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -75,39 +120,43 @@ def build_secondary_capture(
         series_description=SC_SERIES_DESCRIPTION,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        patient_orientation=_patient_orientation(source) or ("A", "F"),
+        pixel_spacing=_pixel_spacing(source),
     )
-    orientation = _patient_orientation(source)
-    if source is not None:
-        ref = _reference_for_copy(source, keep_patient_identity)
-        spacing = source.get("PixelSpacing")
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=ref,
-            patient_orientation=orientation or ("A", "F"),
-            pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None,
-            **common,
-        )
+    usable = _usable_source(source, overlay.shape[:2], warn=False)
+    if keep_patient_identity and usable is not None:
+        header = _header(usable)
+        sc = hd.sc.SCImage.from_ref_dataset(ref_dataset=_identity_reference(header), **common)
+        try:  # the whole Patient and Study modules of the source's IOD
+            sc.copy_patient_and_study_information(header)
+        except KeyError:
+            logger.debug("no IOD in highdicom for SOP class %s: from_ref_dataset's copy only", header.SOPClassUID)
+        item = Dataset()
+        item.ReferencedSOPClassUID = usable.SOPClassUID
+        item.ReferencedSOPInstanceUID = usable.SOPInstanceUID
+        sc.SourceImageSequence = [item]
     else:
-        now = datetime.datetime.now()
         sc = hd.sc.SCImage(
-            study_instance_uid=hd.UID(),
-            patient_id=ANON_PATIENT_ID,
-            patient_name=ANON_PATIENT_NAME,
-            study_date=now.date(),
-            study_time=now.time(),
-            patient_orientation=orientation or ("A", "F"),
-            **common,
+            study_instance_uid=hd.UID(), patient_id=ANON_PATIENT_ID, patient_name=ANON_PATIENT_NAME, **common
         )
-    if orientation is None:
+        if source is not None:
+            mark_deidentified(sc)
+    if _patient_orientation(source) is None:
         sc.PatientOrientation = None  # type 2: empty means unknown (the placeholder only satisfied highdicom)
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = "Input X-ray with the AI nasal bone box and suspected fracture region drawn on it"
     sc.ImageComments = "Research use only; not for diagnostic use"
-    if source is not None:
-        item = Dataset()
-        item.ReferencedSOPClassUID = source.SOPClassUID
-        item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        sc.SourceImageSequence = [item]
     return sc
+
+
+def mark_deidentified(ds: Dataset) -> None:
+    """Record on ``ds`` that the source's identity was removed (Patient module and SOP Common attributes)."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = list(DEIDENTIFICATION_METHOD)
+    ds.DeidentificationMethodCodeSequence = [
+        hd.sr.CodedConcept.from_code(codes.DCM.BasicApplicationConfidentialityProfile)
+    ]
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
 
 
 def _check_overlay(overlay_rgb: np.ndarray) -> np.ndarray:
@@ -120,16 +169,17 @@ def _check_overlay(overlay_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(overlay)
 
 
-def _usable_source(source: Dataset | None, shape: tuple[int, ...]) -> Dataset | None:
+def _usable_source(source: Dataset | None, shape: tuple[int, ...], warn: bool = True) -> Dataset | None:
     """The source if it can be referenced (has study/series/SOP UIDs), else None (then a new study is made)."""
     if source is None:
         return None
     needed = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
     if any(not source.get(k) for k in needed):
-        logger.warning("source dataset lacks study/series/SOP UIDs; DICOM outputs go to a new study")
+        if warn:
+            logger.warning("source dataset lacks study/series/SOP UIDs; DICOM outputs go to a new study")
         return None
     grid = (source.get("Rows"), source.get("Columns"))
-    if None not in grid and tuple(int(v) for v in grid) != tuple(shape):
+    if warn and None not in grid and tuple(int(v) for v in grid) != tuple(shape):
         logger.warning("overlay grid %s differs from the source image grid %s", tuple(shape), grid)
     return source
 
@@ -144,33 +194,30 @@ def _refuse_source_path(source: Dataset | None, outputs: Any) -> None:
         raise ValueError("an output path equals the input DICOM file; choose another out_dir or stem")
 
 
-def _reference_for_copy(source: Dataset, keep_patient_identity: bool) -> Dataset:
-    """A new dataset with the source's study and equipment attributes, and patient identity only if asked."""
+def _header(source: Dataset) -> Dataset:
+    """A deep copy of the source without its pixel data (highdicom adds the elements it copies by reference)."""
+    header = Dataset()
+    for elem in source:
+        if elem.tag != PIXEL_DATA:
+            header.add(copy.deepcopy(elem))
+    return header
+
+
+def _identity_reference(header: Dataset) -> Dataset:
+    """The attributes of ``header`` that ``from_ref_dataset`` copies, with a PatientSex highdicom accepts."""
     ref = Dataset()
-    keywords = [
-        "SOPClassUID",
-        "SOPInstanceUID",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "StudyID",
-        "AccessionNumber",
-        "SpecificCharacterSet",
-        "Manufacturer",
-        "ManufacturerModelName",
-        "SoftwareVersions",
-    ]
-    if keep_patient_identity:
-        keywords += list(IDENTITY_KEYWORDS)
-    for keyword in keywords:
-        if keyword in source:
-            ref[keyword] = source[keyword]
-    if not keep_patient_identity:
-        ref.PatientName = ANON_PATIENT_NAME
-        ref.PatientID = ANON_PATIENT_ID
+    for keyword in REF_KEYWORDS:
+        if keyword in header:
+            ref[keyword] = header[keyword]
     if ref.get("PatientSex") not in (None, "", "M", "F", "O"):
-        del ref.PatientSex  # highdicom only accepts M/F/O
+        del ref.PatientSex  # highdicom only accepts M/F/O; copy_patient_and_study_information restores the value
     return ref
+
+
+def _pixel_spacing(source: Dataset | None) -> tuple[float, float] | None:
+    """The source's Pixel Spacing when it is a pair, else None."""
+    spacing = source.get("PixelSpacing") if source is not None else None
+    return tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None
 
 
 def _patient_orientation(source: Dataset | None) -> tuple[str, str] | None:

@@ -2,8 +2,9 @@
 
 Findings: the nasal bone box (a planar ROI with the fracture probability, the threshold and the detector confidence,
 and the qualitative evaluations "nasal bone region detected" and "nasal bone fracture"), the outline of the largest
-suspected fracture region, or, without a box, a plain measurement group. Evidence: the overlay's Secondary Capture
-and the source image when the input was DICOM.
+suspected fracture region, or, without a box, a plain measurement group. Evidence: the overlay's Secondary Capture,
+and the source image when ``source`` is given (``dicom_out`` gives it only when the outputs join the source's study,
+with the patient identity flag; the de-identified outputs reference the SC alone, which is on the same pixel grid).
 
 Coordinates: ``nasal_bone_box`` is ``[x1, y1, x2, y2]`` in pixels with (0, 0) the top-left corner of the top-left pixel,
 which is the DICOM SCOORD convention, so it is written as is (clipped to the image). ``region_mask`` outlines come from
@@ -47,7 +48,10 @@ UNITLESS = codes.UCUM.NoUnits  # "1" UCUM "no units"
 def build_structured_report(
     result: Mapping[str, Any], sc: hd.sc.SCImage, source: Dataset | None, model_version: str
 ) -> hd.sr.ComprehensiveSR:
-    """Comprehensive SR with a TID 1500 Measurement Report of the findings; evidence is the SC (and the source)."""
+    """Comprehensive SR with a TID 1500 Measurement Report of the findings; evidence is the SC (and ``source``).
+
+    Patient and study come from the SC (highdicom copies them from the first evidence), so the SR is in the SC's
+    study with the SC's patient module."""
     source_ref = _source_reference(source) if source is not None else None
     algorithm = hd.sr.AlgorithmIdentification(name=PROJECT_NAME, version=str(model_version))
     region_source = hd.sr.SourceImageForRegion(sc.SOPClassUID, sc.SOPInstanceUID)
