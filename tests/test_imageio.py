@@ -12,7 +12,7 @@ from monai.transforms import EnsureChannelFirstd, LoadImaged
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from scripts.imageio import KINDS, XrayReader, XrayReadError, load_xray, save_xray
+from scripts.imageio import KINDS, LoadXrayd, XrayReader, XrayReadError, load_xray, save_xray
 
 
 def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
@@ -123,3 +123,116 @@ def test_monai_loadimaged_with_xray_reader(tmp_path: Path) -> None:
     np.testing.assert_allclose(data["image"][0].numpy(), img, atol=1 / 4095 + 1e-6)
     meta = data["image"].meta
     assert not any("Patient" in str(k) for k in meta)  # no DICOM header fields leak into metadata
+
+
+def _colour_dicom(path: Path, rgb: np.ndarray, photometric: str) -> Path:
+    """An 8-bit colour Secondary Capture: YBR_FULL uncompressed, or YBR_FULL(_422) as baseline JPEG (Pillow)."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if photometric == "YBR_FULL":
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PixelData = convert_color_space(rgb, "RGB", "YBR_FULL").tobytes()
+    else:  # Pillow's JPEG stores YCbCr; subsampling 1 is 4:2:2
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG", quality=95, subsampling=1)
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([buf.getvalue()])
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("photometric", ["YBR_FULL", "YBR_FULL_422"])
+def test_colour_dicom_is_decoded_once_like_pydicom(tmp_path: Path, photometric: str) -> None:
+    h, w = 48, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), 255 - xx * 255 // (w - 1)], -1).astype(np.uint8)
+    path = _colour_dicom(tmp_path / "colour.dcm", rgb, photometric)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    pydicom_rgb = pydicom.dcmread(path).pixel_array  # pydicom's own RGB
+    out = load_xray(path)
+    np.testing.assert_allclose(out, np.floor(pydicom_rgb.astype(np.float32) @ luma) / 255, atol=1e-6)
+    assert np.abs(out - (rgb.astype(np.float32) @ luma) / 255).mean() < 0.01  # the colours written, not 0.24 off
+
+
+@pytest.mark.parametrize("name", ["1.2.840.113619.2.55.3.604688119.969.1268071029.320", "IM0001", "scan.png"])
+def test_dicom_is_recognised_by_content_whatever_the_name(tmp_path: Path, name: str) -> None:
+    img = _gradient()
+    path = save_xray(tmp_path / "x", img, "dcm").rename(tmp_path / name)
+    np.testing.assert_allclose(load_xray(path), img, atol=1 / 4095 + 1e-6)
+    assert XrayReader().verify_suffix(str(path))
+    data = LoadXrayd("image")({"image": str(path)})
+    assert tuple(data["image"].shape) == img.shape
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` 8-bit gray pixels, with almost no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1))  # one row
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_pixel_cap_refuses_from_the_header_before_decoding(tmp_path: Path) -> None:
+    big_png = _png_header_only(tmp_path / "big.png", 8000, 8000)  # 64 megapixels: about 3 GB to process
+    ds = pydicom.dcmread(save_xray(tmp_path / "d", _gradient(), "dcm"))
+    ds.Rows = ds.Columns = 9000  # header only: the pixel data is that of a 40x60 image
+    ds.save_as(tmp_path / "big.dcm")
+    nib.save(nib.Nifti1Image(np.zeros((3, 3), np.uint8), np.eye(4)), str(tmp_path / "big.nii"))
+    raw = bytearray((tmp_path / "big.nii").read_bytes())
+    raw[42:46] = np.array([7000, 7000], "<i2").tobytes()  # dim[1], dim[2] of the header; the data stays 3x3
+    (tmp_path / "big.nii").write_bytes(bytes(raw))
+    for path in (big_png, tmp_path / "big.dcm", tmp_path / "big.nii"):
+        with pytest.raises(XrayReadError) as err:
+            load_xray(path)  # the default cap (training and inference)
+        assert path.name in str(err.value) and "too large" in str(err.value) and "max_pixels" in str(err.value)
+    path = save_xray(tmp_path / "small", _gradient(), "png8")  # 40x60 = 2400 pixels
+    with pytest.raises(XrayReadError, match="too large"):
+        XrayReader(max_pixels=2000).read(str(path))
+    assert load_xray(path, max_pixels=2400).shape == (40, 60)
+
+
+def test_decoder_errors_are_one_line() -> None:
+    path = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG: every installed decoder fails, one line each
+    with pytest.raises(XrayReadError) as err:
+        load_xray(path)
+    assert "\n" not in str(err.value) and "JPEG-lossy.dcm" in str(err.value) and "cannot decode" in str(err.value)
+
+
+def test_palette_png_loads_as_the_gray_of_its_colours(tmp_path: Path) -> None:
+    img = _gradient()
+    gray = Image.fromarray(np.round(img * 255).astype(np.uint8))
+    gray.convert("P").save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    np.testing.assert_allclose(load_xray(tmp_path / "palette.png"), img, atol=1.5 / 255)
+
+
+def test_unreadable_file_raises_only_xray_read_error(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "IM0002"
+    path.write_bytes(b"\0" * 200)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("pydicom.misc.is_dicom", refuse)  # as for a file the user may not read (tests run as root)
+    with pytest.raises(XrayReadError, match="IM0002: cannot read the image .PermissionError"):
+        load_xray(path)
+    assert not XrayReader().verify_suffix(str(path))

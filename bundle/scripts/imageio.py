@@ -7,8 +7,15 @@ orientation it is displayed in (x = column, y = row), intensities in ``[0, 1]`` 
 min-max scaled. DICOM MONOCHROME1 is inverted. 2D NIfTI stores axis 0 = x (column) and axis 1 = y
 (row), the ITK/MONAI convention, and is transposed on load.
 
-``XrayReader`` plugs the same loader into MONAI's ``LoadImage``/``LoadImaged``. It copies no DICOM
-header field into the metadata, so patient names and IDs never reach logs or outputs.
+A file is DICOM when it has DICOM's ``DICM`` preamble at byte 128, whatever its name (PACS exports are often
+named by UID, ``1.2.840....123``), or a ``.dcm``/``.dicom`` suffix; other formats go by suffix. Colour images are
+converted to gray (ITU-R 601 luma) from the RGB that Pillow and pydicom decode. Images above ``max_pixels`` are
+refused from their header, before any pixel is decoded. Every problem raises ``XrayReadError``, one line naming
+the file, and no other exception type.
+
+``XrayReader`` plugs the same loader into MONAI's ``LoadImage``/``LoadImaged``; ``LoadXrayd`` is ``LoadImaged`` with
+``XrayReader`` alone. Neither copies a DICOM header field into the metadata, so patient names and IDs never reach
+logs or outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.config import KeysCollection
 from monai.data import ImageReader
+from monai.transforms import LoadImaged
 from monai.utils import MetaKeys
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -26,15 +35,23 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SUFFIXES = DICOM_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES
 KINDS = ("png8", "png16", "dcm", "dcm_mono1", "dcm_rle", "nii")
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: a large flat-panel detector is about 18; decoding needs ~30 B/pixel
+MAX_MESSAGE = 400  # characters of an error message kept (decoders can list every plugin they tried)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line (each run of whitespace, newlines included, becomes one space), cut to ``limit`` chars."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class XrayReadError(ValueError):
-    """An image file that cannot be used: the message names the file and the problem."""
+    """An image file that cannot be used: the one-line message names the file and the problem."""
 
     def __init__(self, path: str | Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
         self.path = str(path)
-        self.problem = problem
+        self.problem = one_line(problem)
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 def _suffix(path: Path) -> str:
@@ -42,10 +59,32 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _is_dicom(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
+def is_dicom(path: str | Path) -> bool:
+    """True if the file has DICOM's preamble (``DICM`` at byte 128), whatever its name; ``OSError`` if unreadable."""
+    from pydicom.misc import is_dicom as has_dicom_preamble
+
+    return has_dicom_preamble(path)
+
+
+def image_format(path: str | Path) -> str | None:
+    """``"dicom"`` (preamble or suffix), ``"nifti"`` or ``"pil"`` (suffix), or None; ``OSError`` if unreadable."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in DICOM_SUFFIXES or is_dicom(path):
+        return "dicom"
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    return "pil" if suffix in PIL_SUFFIXES else None
+
+
+def _check_pixels(path: Path, rows: int, cols: int, max_pixels: int | None) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels (None or 0: no limit), from its header's size."""
+    rows, cols = int(rows), int(cols)
+    if max_pixels and rows * cols > max_pixels:
+        megapixels = rows * cols / 1e6
+        raise XrayReadError(
+            path, f"image too large ({rows}x{cols} = {megapixels:.1f} megapixels; the limit is max_pixels={max_pixels})"
+        )
 
 
 def _scale_integer(arr: np.ndarray, bits: int) -> np.ndarray:
@@ -55,7 +94,7 @@ def _scale_integer(arr: np.ndarray, bits: int) -> np.ndarray:
 def _min_max(arr: np.ndarray) -> np.ndarray:
     arr = arr.astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
-    return (arr - lo) / (hi - lo)
+    return np.zeros_like(arr) if hi == lo else (arr - lo) / (hi - lo)
 
 
 def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -70,27 +109,22 @@ def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
-def _load_dicom(path: Path) -> np.ndarray:
+def _load_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, OSError, ValueError) as err:
-        raise XrayReadError(path, f"not a readable DICOM file ({err})") from err
+    try:  # pixel data over 1 MB stays on disk until decoded, i.e. after the size check
+        ds = pydicom.dcmread(path, force=True, defer_size="1 MB")
+    except Exception as err:  # pydicom raises many types on malformed files
+        raise XrayReadError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
     if "PixelData" not in ds:
         raise XrayReadError(path, "DICOM file has no pixel data")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise XrayReadError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames); expected one 2D image")
+    _check_pixels(path, ds.get("Rows") or 0, ds.get("Columns") or 0, max_pixels)
     try:
-        arr = ds.pixel_array
+        arr = ds.pixel_array  # pydicom 3 returns colour (YBR_* included) as RGB: no conversion here
     except Exception as err:  # pydicom raises many types for truncated/undecodable data
         raise XrayReadError(path, f"cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
-    if getattr(ds, "SamplesPerPixel", 1) == 3:
-        from pydicom.pixels import convert_color_space
-
-        if str(ds.get("PhotometricInterpretation", "RGB")).startswith("YBR"):
-            arr = convert_color_space(arr, ds.PhotometricInterpretation, "RGB")
     arr = _to_gray(arr, path)
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     if np.issubdtype(arr.dtype, np.unsignedinteger) and bits <= 8 * arr.dtype.itemsize:
@@ -102,17 +136,30 @@ def _load_dicom(path: Path) -> np.ndarray:
     return img
 
 
-def _load_pil(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _pil_pixels(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
+    """The first frame's pixels and Pillow mode; palette, CMYK and the other colour modes as RGB."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        _check_pixels(path, im.height, im.width, max_pixels)
+        if im.mode not in ("1", "L", "I", "F", "RGB", "RGBA") and not im.mode.startswith("I;16"):
+            im = im.convert("RGB")
+        im.load()
+        return np.asarray(im), im.mode
+
+
+def _load_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
+        arr, mode = _pil_pixels(path, max_pixels)
+    except XrayReadError:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow's own limit, checked when the file is opened
+        raise XrayReadError(path, f"image too large ({err})") from err
     except ImportError as err:  # Pillow tried a plugin registered but not installed (Ultralytics' HEIF opener)
         raise XrayReadError(path, "not a readable image file (no installed image decoder recognises it)") from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except Exception as err:  # Pillow raises many types on malformed files
         raise XrayReadError(path, f"not a readable image file ({type(err).__name__}: {err})") from err
     arr = _to_gray(arr, path)
     if mode.startswith("I;16") or arr.dtype == np.uint16:
@@ -122,17 +169,22 @@ def _load_pil(path: Path) -> np.ndarray:
     return _min_max(arr)
 
 
-def _load_nifti(path: Path) -> np.ndarray:
+def _load_nifti(path: Path, max_pixels: int | None) -> np.ndarray:
     import nibabel as nib
 
     try:
-        arr = np.asanyarray(nib.load(str(path)).dataobj)
+        nii = nib.load(str(path))
+        shape = tuple(int(n) for n in nii.shape if n != 1)
     except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib errors...
         raise XrayReadError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise XrayReadError(path, f"expected a 2D NIfTI image, got shape {tuple(arr.shape)}")
-    arr = arr.T  # stored (x, y) -> displayed (row, col)
+    if len(shape) != 2:
+        raise XrayReadError(path, f"expected a 2D NIfTI image, got shape {tuple(nii.shape)}")
+    _check_pixels(path, shape[1], shape[0], max_pixels)  # stored (x, y), from the header
+    try:
+        arr = np.asanyarray(nii.dataobj)
+    except Exception as err:  # truncated or corrupt data behind a readable header
+        raise XrayReadError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    arr = np.squeeze(arr).T  # stored (x, y) -> displayed (row, col)
     if np.issubdtype(arr.dtype, np.unsignedinteger):
         return _scale_integer(arr, 8 * arr.dtype.itemsize)
     if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0.0 and arr.max() <= 1.0:
@@ -140,28 +192,45 @@ def _load_nifti(path: Path) -> np.ndarray:
     return _min_max(arr)
 
 
-def load_xray(path: str | Path) -> np.ndarray:
-    """Load one X-ray as ``float32`` ``(rows, cols)`` in ``[0, 1]``; raise ``XrayReadError`` if unusable."""
-    path = Path(path)
+LOADERS = {"dicom": _load_dicom, "nifti": _load_nifti, "pil": _load_pil}
+
+
+def _read(path: Path, max_pixels: int | None) -> np.ndarray:
     if not path.is_file():
         raise XrayReadError(path, "file not found")
     if path.stat().st_size == 0:
         raise XrayReadError(path, "file is empty (0 bytes)")
-    suffix = _suffix(path)
-    if suffix in DICOM_SUFFIXES or (suffix not in SUFFIXES and _is_dicom(path)):
-        img = _load_dicom(path)
-    elif suffix in NIFTI_SUFFIXES:
-        img = _load_nifti(path)
-    elif suffix in PIL_SUFFIXES:
-        img = _load_pil(path)
-    else:
-        raise XrayReadError(path, f"unsupported file type '{suffix}' (expected one of {', '.join(SUFFIXES)})")
+    kind = image_format(path)
+    if kind is None:
+        expected = ", ".join(SUFFIXES)
+        raise XrayReadError(path, f"unsupported file type '{_suffix(path)}' (expected DICOM or one of {expected})")
+    return LOADERS[kind](path, max_pixels)
+
+
+def _check_image(img: np.ndarray, path: Path) -> None:
     if min(img.shape) < 16:
         raise XrayReadError(path, f"image too small ({img.shape[0]}x{img.shape[1]} pixels)")
     if not np.isfinite(img).all():
         raise XrayReadError(path, "image contains NaN or infinite values")
     if float(img.max()) == float(img.min()):
         raise XrayReadError(path, "image is blank (every pixel has the same value)")
+
+
+def load_xray(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Load one X-ray as ``float32`` ``(rows, cols)`` in ``[0, 1]``; raise ``XrayReadError`` (only) if unusable.
+
+    ``max_pixels`` (None or 0: no limit) refuses a larger image from its header, before decoding it.
+    """
+    path = Path(path)
+    try:
+        img = _read(path, max_pixels)
+        _check_image(img, path)
+    except XrayReadError:
+        raise
+    except MemoryError as err:
+        raise XrayReadError(path, "not enough memory to decode the image") from err
+    except Exception as err:  # unreadable file (OSError) or a decoder's unexpected failure: still one error type
+        raise XrayReadError(path, f"cannot read the image ({type(err).__name__}: {err})") from err
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
@@ -233,16 +302,20 @@ class XrayReader(ImageReader):
     """MONAI ``ImageReader`` for DICOM, PNG/JPEG and 2D NIfTI X-rays, using ``load_xray``'s convention.
 
     ``get_data`` returns ``(rows, cols)`` float32 arrays in [0, 1] with an identity affine (pixel
-    spacing 1), so spatial axis 0 is y (row) and axis 1 is x (column).
+    spacing 1), so spatial axis 0 is y (row) and axis 1 is x (column). ``max_pixels`` as in ``load_xray``.
     """
+
+    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__()
+        self.max_pixels = max_pixels
 
     def verify_suffix(self, filename: Sequence[str] | str) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
-        return all(_suffix(Path(n)) in SUFFIXES for n in names)
+        return all(_known_format(Path(n)) for n in names)
 
     def read(self, data: Sequence[str] | str, **kwargs: Any) -> list[tuple[str, np.ndarray]]:
         names = [data] if isinstance(data, (str, Path)) else list(data)
-        return [(str(n), load_xray(n)) for n in names]
+        return [(str(n), load_xray(n, self.max_pixels)) for n in names]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         items = img if isinstance(img, list) else [img]
@@ -257,3 +330,25 @@ class XrayReader(ImageReader):
             "filename_or_obj": name,
         }
         return arr, meta
+
+
+def _known_format(path: Path) -> bool:
+    try:
+        return image_format(path) is not None
+    except OSError:  # cannot be opened to look for the DICOM preamble
+        return False
+
+
+class LoadXrayd(LoadImaged):
+    """``LoadImaged`` with ``XrayReader`` alone, so a bad file raises its own ``XrayReadError``.
+
+    MONAI's ``LoadImage`` tries every other installed reader after a given one fails, which would decode an image
+    that ``max_pixels`` refused and bury the diagnosis in a list of tracebacks.
+    """
+
+    def __init__(self, keys: KeysCollection, max_pixels: int | None = DEFAULT_MAX_PIXELS, **kwargs: Any) -> None:
+        self.xray_reader = XrayReader(max_pixels)
+        super().__init__(keys, reader=self.xray_reader, **kwargs)
+
+    def __call__(self, data: Any, reader: ImageReader | None = None) -> dict:
+        return super().__call__(data, reader or self.xray_reader)

@@ -5,7 +5,8 @@ detector as ``DetectNasalBoned``, a ``SupervisedEvaluator`` with ``FractureInfer
 ``scripts.inference_writer``); this module holds the helpers the config calls and ``run_inference``,
 the same workflow from Python. For each input image ``OUT/<stem>.json`` holds ``nasal_bone_box``,
 ``detector_confidence``, ``fracture_probability``, ``fracture``, ``threshold``, ``region_mask`` /
-``heatmap`` / ``overlay`` (PNG paths relative to OUT), or ``error``; ``OUT/summary.csv`` lists every file.
+``heatmap`` / ``overlay`` (PNG paths relative to OUT), or ``error``; ``OUT/summary.csv`` lists every file. Input
+files are named by their path relative to the input folder in every output, log and MLflow record.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from . import checkpoint
 from .geometry import crop_box, paste_back, squarify
-from .imageio import SUFFIXES, _is_dicom, _suffix
+from .imageio import SUFFIXES, _suffix, image_format
 from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
@@ -80,8 +81,16 @@ class FracturePipeline:
         return out
 
 
+def _is_input(path: Path) -> bool:
+    """A file the loader recognises (DICOM by content whatever its name, other formats by suffix)."""
+    try:
+        return image_format(path) is not None
+    except OSError:  # cannot be read to tell: listed, so that its error is reported instead of silently skipped
+        return True
+
+
 def list_inputs(input_path: str | Path) -> list[Path]:
-    """A single file, or the image files of a folder (recursively; DICOM without a suffix included)."""
+    """A single file, or the image files of a folder (recursively; DICOM recognised by content, whatever the name)."""
     path = Path(input_path)
     if path.is_file():
         return [path]
@@ -89,25 +98,36 @@ def list_inputs(input_path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input {path} is neither a file nor a folder")
     files = []
     for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if _suffix(f) in SUFFIXES or (f.suffix == "" and _is_dicom(f)):
+        if _is_input(f):
             files.append(f)
         else:
-            logger.info("skipping %s: not an image file type", f)
+            logger.info("skipping %s: not an image file type", f.relative_to(path).as_posix())
     return files
 
 
+def relative_name(path: Path, input_path: str | Path) -> str:
+    """``path`` relative to the input folder (a single input file: its name): how outputs, logs and MLflow name it."""
+    root = Path(input_path)
+    return path.name if root.is_file() or not path.is_relative_to(root) else path.relative_to(root).as_posix()
+
+
 def _stem(path: Path, used: set[str]) -> str:
-    stem = path.name.split(".")[0]
+    """A unique output name: the file name without its image suffix (a DICOM named by UID keeps its whole name)."""
+    suffix = _suffix(path)
+    stem = path.name[: -len(suffix)] if suffix in SUFFIXES and len(path.name) > len(suffix) else path.name
     while stem in used:
-        stem = f"{stem}_{_suffix(path).strip('.').replace('.', '_') or 'file'}"
+        stem = f"{stem}_{suffix.strip('.').replace('.', '_') or 'file'}"
     used.add(stem)
     return stem
 
 
 def input_data(input_path: str | Path) -> list[dict[str, str]]:
-    """The dataset's data dicts: ``image`` and ``path`` (the file) and ``stem`` (unique output name) per input."""
+    """The dataset's data dicts: ``image`` and ``path`` (the file), ``name`` (relative) and ``stem`` (output name)."""
     used: set[str] = set()
-    return [{"image": str(p), "path": str(p), "stem": _stem(p, used)} for p in list_inputs(input_path)]
+    return [
+        {"image": str(p), "path": str(p), "name": relative_name(p, input_path), "stem": _stem(p, used)}
+        for p in list_inputs(input_path)
+    ]
 
 
 def require_weights(models_dir: str | Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from monai.transforms import MapTransform
 from PIL import Image
 
 from .geometry import paste_back
-from .imageio import _is_dicom, _suffix
+from .imageio import image_format
 from .visualise import overlay
 
 logger = logging.getLogger("nasal.inference")
@@ -53,7 +53,7 @@ def _write_dicom(picture, res: dict, path: Path, out_dir: Path, stem: str, keep_
     from .dicom_out import write_dicom_outputs
 
     source = None
-    if _suffix(path) in (".dcm", ".dicom") or _is_dicom(path):
+    if image_format(path) == "dicom":
         source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     paths = write_dicom_outputs(
         picture,
