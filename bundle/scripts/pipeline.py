@@ -25,7 +25,7 @@ from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 from . import BUNDLE_ROOT, fingerprint
 from .resume import clear_checkpoints
 from .splits import ensure_split
-from .tracking import Tracker, default_tracking_uri, read_json, run_name
+from .tracking import OFFLINE_LOG, Tracker, default_tracking_uri, read_json, run_name
 
 logger = logging.getLogger("nasal.pipeline")
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -66,8 +66,12 @@ def tracking_settings() -> dict:
     """MONAI's ``--tracking mlflow`` settings, except that no handler ends the run: ``train_all`` ends the stage's
     nested run after its evaluation has logged into it too (one run per stage)."""
     settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
-    for engine in ("trainer", "evaluator"):
-        settings["configs"][engine]["close_on_complete"] = False
+    for engine in ("trainer", "validator", "evaluator"):
+        handler = settings["configs"][engine]
+        handler["_target_"] = "scripts.tracking.ResilientMLFlowHandler"  # an outage never stops the stage
+        handler["offline_log"] = f"$os.path.join(@output_dir, '{OFFLINE_LOG}')"
+        if engine != "validator":
+            handler["close_on_complete"] = False
     return settings
 
 
