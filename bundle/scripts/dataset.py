@@ -127,7 +127,7 @@ def _scan_row(root: Path, row: dict[str, str], require_landmarks: bool) -> tuple
     if not row["image"].strip():
         found.append(("image", "empty"))
     if not row["patient_id"].strip():
-        found.append(("patient_id", "empty (images of one patient share one id; the image path is no patient id)"))
+        found.append(("patient_id", "empty (give every image its patient's id: splits group images by it)"))
     if rec["label"] is None:
         found.append(("label", f"must be 0 or 1, got '{row['label']}'"))
     for key in LANDMARK_COLUMNS:

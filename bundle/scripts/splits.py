@@ -7,7 +7,7 @@ every stage reads the same file; ``split.fingerprint.json`` beside it records wh
 (``scripts.fingerprint``), so that a changed dataset, ``fractions`` or ``seed`` rebuild it.
 
 A split file edited or written by hand is used as it is, but ``split_records`` refuses one that breaks it
-(``split_file_problems``: a patient in two splits, an unknown split name, an image listed twice or not at all).
+(``check_split_file``: a patient in two splits, an unknown split name, an image listed twice or not at all).
 ``split_class_problems`` reports a split without both classes (``scripts.data_validation`` checks it before
 training).
 """
@@ -70,23 +70,24 @@ def split_parts(records: list[dict], fractions, seed: int | None) -> dict:
 
 
 def split_plan(
-    records: list[dict], split_file: str | Path, fractions=None, seed: int | None = None
+    records: list[dict], split_file: str | Path | None, fractions=None, seed: int | None = None
 ) -> tuple[str, list[float], int, dict | None]:
     """What ``ensure_split`` does with ``split_file`` for ``records``: ``(reason, fractions, seed, parts)``.
 
     ``reason`` says why the split is (re)made, ``""`` when the existing file is used; ``parts`` (``split_parts``)
     is None for a split file without a fingerprint (written by hand), which is used as it is. ``None`` fractions
-    or seed take the existing split's values (new splits use 0.8/0.1/0.1 and seed 0).
+    or seed take the existing split's values (new splits use 0.8/0.1/0.1 and seed 0); a ``split_file`` of None
+    is one that does not exist yet.
     """
-    split_file = Path(split_file)
-    recorded = fingerprint.read(split_file) if split_file.is_file() else None
+    exists = split_file is not None and Path(split_file).is_file()
+    recorded = fingerprint.read(split_file) if exists else None
     old = (recorded or {}).get("parts") or {}
     fractions = list(fractions) if fractions is not None else old.get("fractions", DEFAULT_FRACTIONS)
     seed = seed if seed is not None else old.get("seed", 0)
-    if split_file.is_file() and recorded is None:
+    if exists and recorded is None:
         return "", fractions, seed, None
     parts = split_parts(records, fractions, seed)
-    reason = fingerprint.why(recorded, parts) if split_file.is_file() else "no split file yet"
+    reason = fingerprint.why(recorded, parts) if exists else "no split file yet"
     return reason, fractions, seed, parts
 
 
@@ -130,8 +131,9 @@ def read_split(split_file: str | Path) -> dict[str, str]:
     return {row["image"]: row["split"] for _, row in rows}
 
 
-def split_file_problems(records: list[dict], split_file: str | Path) -> list[Problem]:
-    """Problems of an existing ``split_file`` against the dataset's ``records`` (their ``patient_id`` counts).
+def check_split_file(records: list[dict], split_file: str | Path) -> tuple[dict[str, str], list[Problem]]:
+    """An existing ``split_file`` against the dataset's ``records`` (their ``patient_id`` counts): its image to split
+    name mapping (first listing, known split names) and its problems.
 
     Errors: an unreadable header or row, an image listed twice, a split name other than train/val/test, a
     patient whose images are in two splits, an image of the dataset missing from the split. Warning: an image
@@ -140,7 +142,7 @@ def split_file_problems(records: list[dict], split_file: str | Path) -> list[Pro
     name = str(split_file)
     rows, problems = read_split_rows(split_file)
     if not rows and problems:
-        return problems
+        return {}, problems
     line_of: dict[str, int] = {}
     split_of: dict[str, str] = {}
     for line, row in rows:
@@ -177,7 +179,7 @@ def split_file_problems(records: list[dict], split_file: str | Path) -> list[Pro
             f"{len(absent)} image(s) of the dataset are not in the split: {shown}; delete the split file to remake it"
         )
         problems.append(Problem(name, None, "image", message))
-    return problems
+    return split_of, problems
 
 
 def split_class_problems(
@@ -199,11 +201,11 @@ def split_records(
     dataset_dir: str | Path, split_file: str | Path, split: str, fractions=None, seed: int | None = None
 ) -> list[dict]:
     """The dataset's records of one split (the split file is created, or rebuilt, by ``ensure_split``); raise a
-    ``DatasetError`` listing the split file's errors (``split_file_problems``)."""
+    ``DatasetError`` listing the split file's errors (``check_split_file``)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
     split_file = ensure_split(dataset_dir, split_file, fractions, seed)
     records = read_dataset(dataset_dir)
-    raise_if_errors(split_file_problems(records, split_file), str(split_file))
+    raise_if_errors(check_split_file(records, split_file)[1], str(split_file))
     mapping = read_split(split_file)
     return [r for r in records if mapping[r["id"]] == split]
