@@ -9,7 +9,7 @@ BUNDLE   := python -m monai.bundle run
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup data demo train test test-all bench lint package zoo-check paper-smoke clean
+.PHONY: setup data demo train validate-data test test-all bench lint package zoo-check paper-smoke clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 train: $(STAMP)
 	.venv/bin/$(BUNDLE) training --config_file bundle/configs/train.yaml --profile $(PROFILE) --dataset_dir $(DATA) --output_dir $(OUT)
+
+# Every problem of DATA (dataset.csv, images, masks, landmarks, OUT/split.csv or the split training would make)
+# in one report with file, line and column; exit status 1 on errors (training runs the same checks first).
+validate-data: $(STAMP)
+	.venv/bin/$(BUNDLE) validate --config_file bundle/configs/validate_data.yaml --dataset_dir $(DATA) --output_dir $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
