@@ -200,8 +200,8 @@ def train_all(
         parent,
         {
             "profile": profile,
-            "dataset_dir": dataset_dir,
-            "models_dir": str(models),
+            "dataset": Path(dataset_dir).name,  # folder names only: paths on hospital machines can identify
+            "models": models.name,
             "stages": ",".join(s["name"] for s in stages),
             "retrain": str(retrain),
         },
@@ -269,11 +269,8 @@ def _run_stage(
             child,
             {
                 "config_files": ",".join(Path(f).name for f in files),
-                **{
-                    k: parser.get(k)
-                    for k in (name, "dataset_dir", "crop_size", "crop_source", "box_margin")
-                    if k in parser
-                },
+                **{k: parser.get(k) for k in (name, "crop_size", "crop_source", "box_margin") if k in parser},
+                "dataset": Path(overrides["dataset_dir"]).name,
             },
         )
         stage_dir = Path(overrides["output_dir"]) / name
@@ -291,7 +288,10 @@ def _run_stage(
         evaluation = read_json(results_dir / "evaluation.json")
         result["evaluation"] = evaluation
         tracker.metrics(child, {"train_seconds": result["train_seconds"], "evaluation": evaluation})
-        for pattern in ("*.json", "*.png", "*.md", "*.csv"):
+        # pictures (galleries of X-rays and crops, plots) only with log_images: they leave the machine with a remote
+        # tracking server; they are in the stage's folder either way
+        patterns = ("*.json", "*.md", "*.csv") + (("*.png",) if parser.get("log_images", False) else ())
+        for pattern in patterns:
             for path in sorted(results_dir.glob(pattern)):
                 tracker.artifact(child, path, "results")
         tracker.end(child)
