@@ -172,3 +172,18 @@ def test_bundle_command_reports_and_exits_non_zero(tiny_dataset: Path, tmp_path:
         where = f"{file}:{line}: column {column}: " if line else f"{file}: column {column}: "
         assert any(where in row and text in row for row in proc.stdout.splitlines()), (where, text, proc.stdout)
     assert f"validate-data: dataset {folder}: {len(expected)} error(s) (listed above)" in proc.stderr
+
+
+def test_training_refuses_to_start_on_a_broken_dataset(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The chained training checks the data first: nothing trains, no MLflow run, no weights."""
+    from monai.bundle import ConfigParser
+
+    from scripts.pipeline import train_all
+
+    folder, out = _copy(tiny_dataset, tmp_path / "broken"), tmp_path / "run"
+    expected = _break(folder, out)
+    stages = ConfigParser.load_config_files(ROOT / "bundle" / "configs" / "train.yaml")["stages"]
+    with pytest.raises(DatasetError) as err:
+        train_all(stages, profile="tiny", dataset_dir=str(folder), output_dir=str(out), models_dir=str(tmp_path / "m"))
+    assert f"{len(expected)} error(s)" in str(err.value)
+    assert not (out / "mlflow.db").exists() and not list((tmp_path / "m").glob("*.pt"))

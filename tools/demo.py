@@ -34,7 +34,7 @@ def bundle_pythonpath() -> str:
 def held_out_folder(dataset_dir: Path, split_file: Path, out: Path, extra_bad_file: bool = True) -> Path:
     """Links to the test split's images (their original mixed formats), plus one broken file."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(split_file, newline="") as f:
+    with open(split_file, newline="", encoding="utf-8-sig") as f:
         test = [row["image"] for row in csv.DictReader(f) if row["split"] == "test"]
     for rel in test:
         link = out / Path(rel).name

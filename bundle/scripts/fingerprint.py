@@ -64,7 +64,7 @@ def dataset_fingerprint(dataset_dir: str | Path, content: bool = False) -> str:
     if not csv_path.is_file():
         return MISSING
     h = hashlib.sha256(csv_path.read_bytes())
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             for rel in (row.get("image") or "", row.get("fracture_mask") or ""):
                 if not rel.strip():

@@ -23,6 +23,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
 from . import BUNDLE_ROOT, fingerprint
+from .data_validation import require_valid_dataset
 from .resume import clear_checkpoints
 from .splits import ensure_split
 from .tracking import OFFLINE_LOG, Tracker, default_tracking_uri, read_json, run_name
@@ -194,6 +195,14 @@ def train_all(
         **(stage_args or {}),
     }
     only = [only] if isinstance(only, str) else only
+    # the data is checked first, all of it at once: training refuses to start on any error (scripts/data_validation)
+    first = stage_parser(stages[0], profile, overrides)
+    require_valid_dataset(
+        dataset_dir,
+        first.get_parsed_content("split_file"),
+        first.get_parsed_content("split_fractions"),
+        first.get_parsed_content("split_seed"),
+    )
     tracker = Tracker(tracking_uri, experiment_name, output)
     parent = tracker.start(run_name("pipeline"), tags={"profile": str(profile)})
     tracker.params(
