@@ -3,8 +3,10 @@
 ``prepare_ultralytics`` must run before anything imports ``ultralytics``: it sets the offline
 environment (no DNS probe, no pip, no MLflow telemetry), points the settings folder at the run's
 output, turns every Ultralytics logging integration off (MLflow metrics are logged by
-``scripts.detector`` itself) and puts a local font where Ultralytics looks for ``Arial.ttf`` so that
-it never downloads one.
+``scripts.detector`` itself), removes any Ultralytics Platform API key (``ULTRALYTICS_API_KEY`` from this
+process's environment, ``api_key`` from the settings) and empties the Platform callbacks that Ultralytics
+adds to every trainer (they would upload training logs, metrics and weights), and puts a local font where
+Ultralytics looks for ``Arial.ttf`` so that it never downloads one.
 
 ``export_yolo_dataset`` writes a data-contract folder in the Ultralytics layout
 (``images/<split>/*.png`` as 8-bit grayscale, ``labels/<split>/*.txt`` with one class, ``data.yaml``),
@@ -20,6 +22,7 @@ Coordinates: ``scripts.geometry`` puts the centre of pixel ``(r, c)`` at ``(x=c,
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -38,6 +41,8 @@ from .splits import SPLITS, split_records
 logger = logging.getLogger(__name__)
 CLASS_NAME = "nasal_bone"
 EXPORT_VERSION = 2  # 2: fingerprint parts; stems made unique
+API_KEY_ENV = "ULTRALYTICS_API_KEY"
+UPLOAD_CALLBACKS = ("platform", "hub")  # modules of Ultralytics' Platform callbacks (hub in older versions)
 INTEGRATIONS = ("sync", "mlflow", "tensorboard", "wandb", "comet", "clearml", "dvc", "neptune", "raytune", "hub")
 
 
@@ -54,6 +59,8 @@ def prepare_ultralytics(config_dir: str | Path | None = None) -> Path:
     # models without eval() (read when Ultralytics is imported; scripts.detector also checks detector.pt itself)
     os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if os.environ.pop(API_KEY_ENV, None):
+        logger.warning("%s is set: removed for this process (Ultralytics would upload to its Platform)", API_KEY_ENV)
     if "ultralytics" not in sys.modules and (config_dir is not None or not os.environ.get("YOLO_CONFIG_DIR")):
         # inference alone (no config_dir): a temporary folder rather than the user's ~/.config
         config_dir = Path(config_dir if config_dir is not None else Path(tempfile.gettempdir()) / "nasal_ultralytics")
@@ -62,11 +69,19 @@ def prepare_ultralytics(config_dir: str | Path | None = None) -> Path:
     import matplotlib
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
+    for name in UPLOAD_CALLBACKS:  # add_integration_callbacks gives every trainer these dicts' (uploading) callbacks
+        try:
+            importlib.import_module(f"ultralytics.utils.callbacks.{name}").callbacks.clear()
+        except ImportError:
+            continue
+
     font = Path(USER_CONFIG_DIR) / "Arial.ttf"
     if not font.is_file():
         font.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
-    off = {k: False for k in INTEGRATIONS if k in SETTINGS}
+    off: dict[str, bool | str] = {k: False for k in INTEGRATIONS if k in SETTINGS}
+    if SETTINGS.get("api_key"):
+        off["api_key"] = ""
     if any(SETTINGS.get(k) for k in off):
         SETTINGS.update(off)
     return Path(USER_CONFIG_DIR)
