@@ -236,16 +236,33 @@ def sample_grid(
 class SampleImages:
     """Every ``interval`` epochs and at the end, writes the last batch's sample grid to ``save_dir/epoch_NNNN.png``.
 
-    List it before ``MLFlowHandler`` (whose ``artifacts`` should name ``save_dir``) so that the final grid
-    exists when MLflow logs the folder at completion.
+    The grids show training crops of patients' images, so they stay in ``save_dir`` unless ``log_images`` is true
+    (the config's ``log_images``): then, when the engine completes, ``save_dir`` is logged as the ``samples`` artifact
+    folder of the MLflow run ``run_name`` (the stage's run; made and ended here if none of that name is open).
     """
 
-    def __init__(self, save_dir: str | Path, interval: int = 5, n: int = 4, diff_gain: float = 4.0) -> None:
+    def __init__(
+        self,
+        save_dir: str | Path,
+        interval: int = 5,
+        n: int = 4,
+        diff_gain: float = 4.0,
+        log_images: bool = False,
+        tracking_uri: str | None = None,
+        experiment_name: str = "nasal_bone_fracture",
+        run_name: str | None = None,
+    ) -> None:
         self.save_dir, self.interval, self.n, self.diff_gain = Path(save_dir), max(int(interval), 1), n, diff_gain
+        self.log_images, self.tracking_uri = bool(log_images), tracking_uri
+        self.experiment_name, self.run_name = experiment_name, run_name
+        if self.log_images and not (tracking_uri and run_name):
+            raise ValueError("log_images needs tracking_uri and run_name")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.write)
         engine.add_event_handler(Events.COMPLETED, self.write)
+        if self.log_images:
+            engine.add_event_handler(Events.COMPLETED, self.log)
 
     def write(self, engine: Engine) -> Path | None:
         out = engine.state.output  # the last batch, decollated: one dict per crop
@@ -257,3 +274,15 @@ class SampleImages:
         path = self.save_dir / f"epoch_{engine.state.epoch:04d}.png"
         Image.fromarray(sample_grid(image, fake, mask, self.n, self.diff_gain)).save(path)
         return path
+
+    def log(self, engine: Engine | None = None) -> None:
+        """Log ``save_dir`` into the MLflow run ``run_name`` (only called with ``log_images``)."""
+        from .tracking import Tracker
+
+        if not self.save_dir.is_dir():
+            return
+        tracker = Tracker(str(self.tracking_uri), self.experiment_name)
+        run_id, started = tracker.open_or_start(str(self.run_name))
+        tracker.artifact(run_id, self.save_dir, "samples")
+        if started:
+            tracker.end(run_id)
