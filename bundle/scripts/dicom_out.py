@@ -26,9 +26,10 @@ The source dataset is only read, never modified. The SR, its coordinates and its
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,8 @@ def build_secondary_capture(
         header = _header(usable)
         sc = hd.sc.SCImage.from_ref_dataset(ref_dataset=_identity_reference(header), **common)
         try:  # the whole Patient and Study modules of the source's IOD
-            sc.copy_patient_and_study_information(header)
+            with _quiet("highdicom.base"):  # it logs the source's SOP Instance UID at INFO
+                sc.copy_patient_and_study_information(header)
         except KeyError:
             logger.debug("no IOD in highdicom for SOP class %s: from_ref_dataset's copy only", header.SOPClassUID)
         item = Dataset()
@@ -192,6 +194,18 @@ def _refuse_source_path(source: Dataset | None, outputs: Any) -> None:
     src = Path(filename).resolve()
     if any(Path(p).resolve() == src for p in outputs):
         raise ValueError("an output path equals the input DICOM file; choose another out_dir or stem")
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` at WARNING or above for the duration (for library logs that would name the source)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _header(source: Dataset) -> Dataset:
