@@ -10,18 +10,19 @@ Patient identity follows one rule for both objects, ``keep_patient_identity`` (t
   measurements reference the source image.
 - ``False`` (the default): a de-identified new study. Nothing of the source's Patient or Study modules is copied:
   new Study, Series and SOP Instance UIDs; PatientID ``ANON``; PatientName, birth date, sex, accession number,
-  Study ID, referring physician, study date and study time empty; no reference to any of the source's UIDs (the SR's
-  evidence and measurements reference the SC, which is on the source's pixel grid). Institution, equipment, other
-  patient IDs and private attributes of the source are not copied in either mode. The objects say so:
-  PatientIdentityRemoved ``YES``, DeidentificationMethod (``DEIDENTIFICATION_METHOD``) and its code (DCM 113100,
-  Basic Application Confidentiality Profile), LongitudinalTemporalInformationModified ``REMOVED``. Kept from the
-  source: its pixels (the overlay is drawn on them; text burnt into the input image is not removed, so the Clean
-  Pixel Data Option is not claimed), the image size, Pixel Spacing and Patient Orientation. The only dates are when
-  the objects were made (InstanceCreationDate/Time, ContentDate/Time).
+  Study ID, referring physician, study date and study time empty; no other patient IDs; no reference to any of the
+  source's UIDs (the SR's evidence and measurements reference the SC, which is on the source's pixel grid). The
+  objects say so: PatientIdentityRemoved ``YES``, DeidentificationMethod (``DEIDENTIFICATION_METHOD``) and its code
+  (DCM 113100, Basic Application Confidentiality Profile), LongitudinalTemporalInformationModified ``REMOVED``. Kept
+  from the source: its pixels (the overlay is drawn on them; text burnt into the input image is not removed, so the
+  Clean Pixel Data Option is not claimed), the image size, Pixel Spacing and Patient Orientation. The only dates are
+  those of the objects' creation (instance creation, content, and the SC's date of secondary capture).
 - Without a usable DICOM source (PNG or NIfTI input, or a DICOM file without its UIDs): a new study as in the
   de-identified mode; the de-identification attributes are added when a DICOM source was given.
 
-The source dataset is only read, never modified. The SR, its coordinates and its codes are built in ``dicom_sr.py``.
+In neither mode are the source's equipment (institution, station, device), its other modules or its private
+attributes copied. The source dataset is only read, never modified. The SR, its coordinates and its codes are built
+in ``dicom_sr.py``.
 """
 
 from __future__ import annotations
