@@ -201,7 +201,7 @@ def evaluate_detector(
         "ms_per_image": 1000.0 * seconds / max(len(records), 1),
         "imgsz": det.imgsz,
         "margin": margin,
-        "weights": str(weights),
+        "weights": Path(weights).name,  # the file name only: no path of this machine in results
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     with open(out / f"evaluation_per_image_{split}.csv", "w", newline="") as f:

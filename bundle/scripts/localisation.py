@@ -324,10 +324,16 @@ def evaluate(
 
 
 def log_to_mlflow(
-    result: dict, out_dir: str | Path, tracking_uri: str | None, experiment_name: str, run_name: str
+    result: dict,
+    out_dir: str | Path,
+    tracking_uri: str | None,
+    experiment_name: str,
+    run_name: str,
+    log_images: bool = False,
 ) -> None:
-    """Log every method's metrics (``<method>/<metric>``), the table and figure into the open run ``run_name`` (the
-    stage's nested run in the chained pipeline, as ``MLFlowHandler`` finds it), else into a run of its own."""
+    """Log every method's metrics (``<method>/<metric>``) and the table into the open run ``run_name`` (the stage's
+    nested run in the chained pipeline, as ``MLFlowHandler`` finds it), else into a run of its own; the figure of test
+    crops (``cases.png``) only with ``log_images``."""
     if not tracking_uri:
         return
     from .tracking import Tracker
@@ -344,7 +350,7 @@ def log_to_mlflow(
             if isinstance(v, float)
         },
     )
-    for name in ("localisation.json", "localisation.md", "cases.png"):
+    for name in ("localisation.json", "localisation.md", *(("cases.png",) if log_images else ())):
         tracker.artifact(run_id, Path(out_dir) / name)
     if started:
         tracker.end(run_id)
