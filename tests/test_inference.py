@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -122,3 +123,73 @@ def test_verify_net_in_out_and_torchscript_export(models, tmp_path) -> None:
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager(x), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_are_one_line_errors_and_the_batch_goes_on(models, tmp_path) -> None:
+    """UID-named DICOM found by content; decoder, size, JSON and DICOM-output failures each stay with their file."""
+    from mlflow.tracking import MlflowClient
+    from pydicom.data import get_testdata_file
+
+    from scripts.imageio import save_xray
+    from scripts.inference import run_inference
+
+    src, out, uid = tmp_path / "in", tmp_path / "out", "1.2.840.113619.2.55.3.604688.1"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray((np.random.default_rng(1).random((96, 80)) * 255).astype(np.uint8)).save(src / "sub" / "good.png")
+    save_xray(src / "x", np.random.default_rng(2).random((80, 96)), "dcm").rename(src / uid)  # a PACS export name
+    (src / "lossy.dcm").write_bytes(Path(get_testdata_file("JPEG-lossy.dcm")).read_bytes())  # no 12-bit decoder
+    Image.new("L", (7000, 7000)).save(src / "giant.png")  # 49 megapixels, over the default max_pixels
+    (src / "notes").write_bytes(b"no suffix and not DICOM: skipped")
+    (out / "good.json").mkdir(parents=True)  # good.json cannot be written
+    (out / f"{uid}_sc.dcm").mkdir()  # nor the UID file's DICOM Secondary Capture
+    run_inference(src, out, models, device="cpu", dicom_out=True, tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+    with open(out / "summary.csv", newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"sub/good.png", uid, "lossy.dcm", "giant.png"}
+    assert all("\n" not in r["error"] and "\n" not in r["dicom_error"] for r in rows.values())
+    assert rows["sub/good.png"]["status"] == "error" and "cannot write good.json" in rows["sub/good.png"]["error"]
+    assert rows["sub/good.png"]["threshold"] and (out / "good_overlay.png").is_file()  # findings kept
+    rec = json.loads((out / f"{uid}.json").read_text())  # findings kept, DICOM failure added
+    assert rows[uid]["status"] == "ok" and "error" not in rec and set(rec) >= JSON_KEYS
+    assert rec["dicom_error"].startswith(f"{uid}: ") and rows[uid]["dicom_error"] == rec["dicom_error"]
+    lossy = json.loads((out / "lossy.json").read_text())
+    assert set(lossy) == {"image", "error"} and lossy["error"].startswith("lossy.dcm: cannot decode DICOM pixel data")
+    giant = json.loads((out / "giant.json").read_text())["error"]
+    assert giant.startswith("giant.png: image too large (7000x7000") and "max_pixels=40000000" in giant
+
+    run = MlflowClient(f"sqlite:///{tmp_path}/m.db").search_runs(["1"], filter_string="tags.job = 'inference'")[0]
+    assert run.data.metrics["images"] == 4 and run.data.metrics["errors"] == 3 and run.data.metrics["dicom_errors"] == 1
+    written = [p for p in [*out.rglob("*"), tmp_path / "m.db"] if p.is_file()]
+    assert not [p for p in written if str(src).encode() in p.read_bytes()]  # inputs named relative to the folder
+
+
+def test_summary_rows_are_written_as_each_file_finishes(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from scripts.inference_writer import InferenceSummary
+
+    summary = InferenceSummary(tmp_path, total=2)
+    engine = SimpleNamespace(state=SimpleNamespace(output=None))
+    summary.started(engine)
+    engine.state.output = [{"record": {"image": "a.png", "error": "a.png: file is empty (0 bytes)"}, "record_file": ""}]
+    summary.collect(engine)  # first file done; the run goes on (or is killed here)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["image"] == "a.png" and row["status"] == "error" and row["error"].endswith("empty (0 bytes)")
+
+
+def test_unreadable_suffixless_file_is_listed_not_skipped(tmp_path, monkeypatch) -> None:
+    from scripts.inference import input_data
+
+    (tmp_path / "IM0001").write_bytes(b"\0" * 200)
+    (tmp_path / "notes").write_bytes(b"\0" * 200)
+
+    def is_dicom(path) -> bool:  # tests run as root: file permissions would not stop them reading
+        if Path(path).name == "IM0001":
+            raise PermissionError(13, "Permission denied", str(path))
+        return False
+
+    monkeypatch.setattr("pydicom.misc.is_dicom", is_dicom)
+    (item,) = input_data(tmp_path)  # its error is reported by the loader (tests/test_imageio.py), not a crash here
+    assert item["name"] == "IM0001" and item["stem"] == "IM0001"

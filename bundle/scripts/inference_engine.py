@@ -1,13 +1,12 @@
 """MONAI engine parts of the inference bundle: per-item error capture, batch preparation and the inferer.
 
 A bad file must never stop the batch, so ``SafeCompose`` turns a failing preprocessing chain into an error
-record (``path``, ``stem``, ``error``) that ``PrepareCrop``, ``FractureInferer`` and the writer pass through.
+record (``path``, ``name``, ``stem``, ``error``) that ``PrepareCrop``, ``FractureInferer`` and the writer pass through.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import torch
@@ -15,39 +14,41 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
-from .imageio import XrayReadError
+from .imageio import XrayReadError, one_line
 from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
-_EXCEPTION_LINE = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$", re.MULTILINE)
 
 
-def error_message(err: BaseException) -> str:
-    """``"Type: message"`` of the innermost cause of ``err`` (MONAI wraps each failing transform in a RuntimeError).
+def error_message(err: BaseException, name: str = "", path: str = "") -> str:
+    """One line naming the file and what is wrong: ``"<name>: <problem>"``.
 
-    When no reader could load the file, the first reader's own diagnosis (``XrayReader``, tried first) is used
-    (an ``XrayReadError``) instead of MONAI's list of every registered reader's failure.
+    MONAI wraps each failing transform in a RuntimeError; the cause is what went wrong. The first ``XrayReadError``
+    in the chain of causes gives its own problem, else the innermost cause its ``"Type: message"``. ``path`` (the
+    file as opened) is replaced by ``name`` (its path relative to the input folder) wherever the message repeats
+    it, so no absolute path reaches the outputs.
     """
-    while err.__cause__ is not None:
+    while err.__cause__ is not None and not isinstance(err, XrayReadError):
         err = err.__cause__
-    text = str(err)
-    if "cannot find a suitable reader" in text:
-        found = _EXCEPTION_LINE.findall(text.split("\n", 1)[-1])
-        ours = [m for m in found if m[0] == XrayReadError.__name__]
-        if ours or found:
-            kind, message = (ours or found)[0]
-            return f"{kind}: {message}"
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    problem = err.problem if isinstance(err, XrayReadError) else f"{type(err).__name__}: {err}"
+    if path and name:
+        problem = problem.replace(str(path), name)
+    return one_line(f"{name}: {problem}" if name else problem)
 
 
 class SafeCompose(Compose):
     """A ``Compose`` that returns an error record instead of raising, so one bad file never stops the evaluator.
 
-    The record keeps ``keep_keys`` of the input dict (e.g. the file's path and output stem) and adds ``error_key``.
+    The record keeps ``keep_keys`` of the input dict (the file's path, relative name and output stem) and adds
+    ``error_key``: one line, ``"<name>: <problem>"``.
     """
 
     def __init__(
-        self, transforms: Any = None, keep_keys: tuple[str, ...] = ("path", "stem"), error_key: str = "error", **kwargs
+        self,
+        transforms: Any = None,
+        keep_keys: tuple[str, ...] = ("path", "name", "stem"),
+        error_key: str = "error",
+        **kwargs,
     ) -> None:
         super().__init__(transforms, **kwargs)
         self.keep_keys, self.error_key = tuple(keep_keys), error_key
@@ -56,9 +57,10 @@ class SafeCompose(Compose):
         try:
             return super().__call__(input_, *args, **kwargs)
         except Exception as err:  # one bad file must not stop the batch
-            message = error_message(err)
-            logger.warning("%s: %s", input_.get("path", "?") if isinstance(input_, dict) else "?", message)
-            return {**{k: input_[k] for k in self.keep_keys if k in input_}, self.error_key: message}
+            item = input_ if isinstance(input_, dict) else {}
+            message = error_message(err, str(item.get("name", "")), str(item.get("path", "")))
+            logger.warning("%s", message)
+            return {**{k: item[k] for k in self.keep_keys if k in item}, self.error_key: message}
 
 
 class PrepareCrop(PrepareBatch):

@@ -1,8 +1,10 @@
 """Per-image outputs of the inference bundle (postprocessing transform) and the run's summary (evaluator handler).
 
 ``WriteFractureOutputsd`` pastes the crop maps back onto the input's grid and writes ``<stem>.json``, the region,
-heatmap and overlay PNGs and (optionally) DICOM SC + SR; ``InferenceSummary`` writes ``summary.csv`` and logs the
-run to MLflow when the evaluator completes.
+heatmap and overlay PNGs and (optionally) DICOM SC + SR; ``InferenceSummary`` appends each file's row to
+``summary.csv`` as soon as it is done and logs the run to MLflow when the evaluator completes. No failure here stops
+the batch: it becomes the file's one-line ``error`` (or ``dicom_error``, when only the DICOM copies failed). Input
+files are named by their path relative to the input folder (``name``), never by their absolute path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from PIL import Image
 
 from .geometry import paste_back
 from .imageio import image_format
+from .inference_engine import error_message
 from .visualise import overlay
 
 logger = logging.getLogger("nasal.inference")
@@ -36,6 +40,7 @@ SUMMARY_COLUMNS = (
     "threshold",
     "output",
     "error",
+    "dicom_error",
 )
 
 
@@ -45,6 +50,16 @@ def _numpy(value: Any) -> np.ndarray:
 
 def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
+
+
+def _save_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to a temporary file beside ``path`` and rename it: a killed run leaves no half-written JSON."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_dicom(picture, res: dict, path: Path, out_dir: Path, stem: str, keep_identity: bool) -> dict[str, str]:
@@ -70,9 +85,10 @@ class WriteFractureOutputsd(MapTransform):
     """Postprocessing of one decollated item: maps back on the input grid, JSON + PNGs (+ DICOM) written.
 
     Reads ``image_key`` (the full image, channel first), ``pred`` (``FractureInferer``'s logit and crop maps),
-    ``box``, ``detector_box``, ``detector_confidence``, ``box_source``, ``path`` and ``stem``; an item with
-    ``error`` (or any failure here) becomes ``{"image", "error"}``. Adds ``record`` (what the JSON holds) and
-    ``record_file`` (its name).
+    ``box``, ``detector_box``, ``detector_confidence``, ``box_source``, ``path``, ``name`` and ``stem``. An item
+    with ``error``, or any failure here, becomes ``{"image", "error"}``; a failing DICOM output keeps the findings
+    and adds ``dicom_error``; a JSON that cannot be written adds ``error`` to the summary's row. Adds ``record``
+    (what the JSON holds; ``image`` is ``name``) and ``record_file`` (the JSON's name, empty if not written).
     """
 
     def __init__(
@@ -90,22 +106,34 @@ class WriteFractureOutputsd(MapTransform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
         path, stem = Path(str(d["path"])), str(d["stem"])
-        self.out.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {"image": str(path)}
-        try:
-            if d.get("error") is not None:
-                raise _ItemError(str(d["error"]))
-            record = self._write(d, path, stem)
-        except Exception as err:  # one bad file must not stop the batch
-            message = str(err) if isinstance(err, _ItemError) else f"{type(err).__name__}: {err}"
-            if not isinstance(err, _ItemError):
-                logger.warning("%s: %s", path, message)
-            record = {"image": str(path), "error": message}
-        (self.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        d["record"], d["record_file"] = record, f"{stem}.json"
+        name = str(d.get("name") or path.name)
+        if d.get("error") is not None:  # preprocessing failed: its one-line message, as recorded
+            record: dict[str, Any] = {"image": name, "error": str(d["error"])}
+        else:
+            try:
+                record = self._write(d, path, name, stem)
+            except Exception as err:  # one bad file must not stop the batch
+                record = {"image": name, "error": error_message(err, name, str(path))}
+                logger.warning("%s", record["error"])
+        problem = self._save_record(record, path, name, stem)
+        if problem:
+            record = {**record, "error": "; ".join(filter(None, [record.get("error"), problem]))}
+        d["record"], d["record_file"] = record, "" if problem else f"{stem}.json"
         return d
 
-    def _write(self, d: dict[str, Any], path: Path, stem: str) -> dict[str, Any]:
+    def _save_record(self, record: dict[str, Any], path: Path, name: str, stem: str) -> str | None:
+        """Write ``<stem>.json``; return the one-line error if it could not be written."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _save_json(self.out / f"{stem}.json", record)
+        except Exception as err:  # a full disk or a bad value must not stop the batch either
+            problem = error_message(err, name, str(path)).removeprefix(f"{name}: ")
+            message = f"{name}: cannot write {stem}.json ({problem})"
+            logger.warning("%s", message)
+            return message
+        return None
+
+    def _write(self, d: dict[str, Any], path: Path, name: str, stem: str) -> dict[str, Any]:
         image = _numpy(d[self.image_key]).astype(np.float32)
         image = image[0] if image.ndim == 3 else image
         found = str(d.get("box_source")) != "none"
@@ -131,7 +159,7 @@ class WriteFractureOutputsd(MapTransform):
                 heatmap=paste_back(_numpy(pred["heatmap"])[0].astype(np.float32), square, image.shape),
                 region=paste_back(_numpy(pred["region"])[0].astype(np.float32), square, image.shape, order=0) > 0.5,
             )
-        record: dict[str, Any] = {"image": str(path)}
+        record: dict[str, Any] = {"image": name}
         for key in ("nasal_bone_box", "detector_confidence", "fracture_probability", "fracture", "threshold"):
             record[key] = res[key]
         _save_png(self.out / f"{stem}_region.png", res["region"].astype(np.uint8) * 255)
@@ -153,16 +181,19 @@ class WriteFractureOutputsd(MapTransform):
             image_size=[int(image.shape[1]), int(image.shape[0])],
         )
         if self.dicom_out:
-            record["dicom"] = _write_dicom(picture, res, path, self.out, stem, self.keep_identity)
+            try:
+                record["dicom"] = _write_dicom(picture, res, path, self.out, stem, self.keep_identity)
+            except Exception as err:  # the findings stand; only the DICOM copies failed
+                record["dicom_error"] = error_message(err, name, str(path))
+                logger.warning("DICOM output: %s", record["dicom_error"])
         return record
 
 
-class _ItemError(Exception):
-    """An error recorded upstream (preprocessing), passed through to the item's JSON as is."""
-
-
 class InferenceSummary:
-    """Evaluator handler: logs each image's outcome, then writes ``summary.csv`` and the MLflow run on COMPLETED.
+    """Evaluator handler: logs each image's outcome and appends its ``summary.csv`` row; the MLflow run on COMPLETED.
+
+    ``summary.csv`` is started (header) when the evaluator starts and each row is appended as its file finishes, so
+    a killed run keeps the rows of every file done.
 
     Args:
         output_dir: where ``summary.csv`` (and the default sqlite MLflow store) go.
@@ -183,15 +214,30 @@ class InferenceSummary:
         self.out, self.tracking_uri, self.experiment_name = Path(output_dir), tracking_uri, experiment_name
         self.params, self.total = dict(params or {}), total
         self.rows: list[dict[str, Any]] = []
-        self.start = time.perf_counter()
+        self.start, self.begun = time.perf_counter(), False
+        self.csv_path = self.out / "summary.csv"
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
-    def started(self, engine: Engine) -> None:
-        self.rows, self.start = [], time.perf_counter()
+    def started(self, engine: Engine | None = None) -> None:
+        """A new ``summary.csv`` (the header alone) and the clock."""
+        self.rows, self.start, self.begun = [], time.perf_counter(), True
+        self._save_rows([], mode="w")
+
+    def _save_rows(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
+        """Append ``rows`` to ``summary.csv`` (``mode="w"``: a new file with its header); closed, so flushed at once."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.csv_path, mode, newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+                if mode == "w":
+                    writer.writeheader()
+                writer.writerows(rows)
+        except OSError as err:  # the images' own JSON files are written; the batch goes on
+            logger.warning("cannot write %s (%s: %s)", self.csv_path, type(err).__name__, err)
 
     def collect(self, engine: Engine) -> None:
         for item in engine.state.output or []:
@@ -199,31 +245,34 @@ class InferenceSummary:
             status = "error" if "error" in rec else "ok"
             row = {**{k: rec.get(k, "") for k in SUMMARY_COLUMNS}, "status": status, "output": item["record_file"]}
             self.rows.append(row)
+            self._save_rows([row])
             prob = rec.get("fracture_probability")
-            outcome = rec.get("error") or (
-                "no nasal bone found" if prob is None else f"p={prob:.3f} fracture={rec['fracture']}"
-            )
-            logger.info("[%d/%s] %s: %s", len(self.rows), self.total or "?", Path(rec["image"]).name, outcome)
+            found = "no nasal bone found" if prob is None else f"p={prob:.3f} fracture={rec['fracture']}"
+            outcome = rec.get("error") or f"{rec['image']}: {found}"  # an error names its file already
+            logger.info("[%d/%s] %s", len(self.rows), self.total or "?", outcome)
 
     def write(self, engine: Engine | None = None) -> Path:
-        """Write ``summary.csv`` and log the run (images, errors, flagged, seconds per image) to MLflow."""
+        """Finish ``summary.csv`` (just its header if no evaluator ran) and log the run to MLflow.
+
+        The run's metrics: images, errors, DICOM-output errors, flagged, seconds per image; its artifact:
+        ``summary.csv``.
+        """
         from .tracking import Tracker, default_tracking_uri, run_name
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        summary = self.out / "summary.csv"
-        with open(summary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        if not self.begun:  # an empty input folder: no evaluator ran
+            self.started()
+        summary = self.csv_path
         n = len(self.rows)
         errors = sum(r["status"] == "error" for r in self.rows)
+        dicom_errors = sum(bool(r["dicom_error"]) for r in self.rows)
         seconds = (time.perf_counter() - self.start) / max(1, n)
         logger.info("%d images, %d errors, %.2f s per image; summary: %s", n, errors, seconds, summary)
         tracker = Tracker(self.tracking_uri or default_tracking_uri(self.out), self.experiment_name, self.out)
         run = tracker.start(run_name("inference"), tags={"job": "inference"})
         tracker.params(run, self.params)
         flagged = sum(str(r["fracture"]) == "True" for r in self.rows)
-        tracker.metrics(run, {"images": n, "errors": errors, "flagged_fracture": flagged, "seconds_per_image": seconds})
+        counts = {"images": n, "errors": errors, "dicom_errors": dicom_errors, "flagged_fracture": flagged}
+        tracker.metrics(run, {**counts, "seconds_per_image": seconds})
         tracker.artifact(run, summary)
         tracker.end(run)
         return summary
