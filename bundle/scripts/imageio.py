@@ -35,7 +35,7 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SUFFIXES = DICOM_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES
 KINDS = ("png8", "png16", "dcm", "dcm_mono1", "dcm_rle", "nii")
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: a large flat-panel detector is about 18; decoding needs ~30 B/pixel
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels; a 43 cm flat-panel detector at 0.1 mm gives about 18
 MAX_MESSAGE = 400  # characters of an error message kept (decoders can list every plugin they tried)
 
 
