@@ -193,3 +193,39 @@ def test_unreadable_suffixless_file_is_listed_not_skipped(tmp_path, monkeypatch)
     monkeypatch.setattr("pydicom.misc.is_dicom", is_dicom)
     (item,) = input_data(tmp_path)  # its error is reported by the loader (tests/test_imageio.py), not a crash here
     assert item["name"] == "IM0001" and item["stem"] == "IM0001"
+
+
+def test_missing_or_damaged_weights_give_one_line_and_exit_1(models, inputs, tmp_path) -> None:
+    bad = tmp_path / "models"
+    bad.mkdir()
+    (bad / "detector.pt").write_bytes((models / "detector.pt").read_bytes())
+    (bad / "classifier.pt").write_bytes((models / "classifier.pt").read_bytes()[:5000])  # truncated copy
+    args = ["run", "--config_file", str(CONFIG), "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args, "--models_dir", str(bad)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cannot run inference: ") and "classifier.pt: not a readable weights file" in last
+    assert "gdc2.pt is missing" in last and "detector.pt" not in last
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+
+
+def test_require_weights_names_every_damaged_or_foreign_file(models, tmp_path) -> None:
+    from scripts.inference import ModelFilesError, require_weights
+
+    (tmp_path / "detector.pt").write_bytes(b"not a weights file")
+    (tmp_path / "classifier.pt").write_bytes((models / "gdc2.pt").read_bytes())  # another stage's weights
+    (tmp_path / "gdc2.pt").write_bytes((models / "gdc2.pt").read_bytes())
+    with pytest.raises(ModelFilesError) as err:
+        require_weights(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "detector.pt: not a weights file that loads safely" in message
+    assert "classifier.pt: expected a 'nasal-fracture-classifier/2' checkpoint" in message
+    assert "gdc2.pt" not in message and message.endswith("retrain or copy it again")
+    assert set(require_weights(models)) == {"detector", "classifier", "gdc2"}

@@ -19,12 +19,18 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .detector import CHECKPOINT_FORMAT as DETECTOR_FORMAT
 from .geometry import crop_box, paste_back, squarify
-from .imageio import SUFFIXES, _suffix, image_format
+from .imageio import SUFFIXES, _suffix, image_format, one_line
 from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
 WEIGHTS = {"detector": "detector.pt", "classifier": "classifier.pt", "gdc2": "gdc2.pt"}
+WEIGHTS_FORMATS = {
+    "detector": DETECTOR_FORMAT,
+    "classifier": checkpoint.CLASSIFIER_FORMAT,
+    "gdc2": checkpoint.GAN_FORMAT,
+}
 # The classifier architecture when no classifier.pt is there to say (configs/classifier.yaml's; 128 px crops).
 DEFAULT_CLASSIFIER = {
     "model_name": "convnet",
@@ -130,16 +136,53 @@ def input_data(input_path: str | Path) -> list[dict[str, str]]:
     ]
 
 
+class ModelFilesError(SystemExit):
+    """Missing or unusable weights files, in one line. A ``SystemExit``: the command line prints the line (no
+    traceback) and exits with status 1, even from inside MONAI's config parser; Python callers catch it by name."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _check_weights_file(path: Path, fmt: str) -> None:
+    """Raise ``CheckpointError`` unless ``path`` loads safely as a ``fmt`` weights file (checked, not built)."""
+    if fmt != DETECTOR_FORMAT:
+        checkpoint.read(path, fmt)
+        return
+    ckpt = checkpoint.safe_load(path)
+    found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    if found != fmt:
+        raise checkpoint.CheckpointError(f"{path}: not a detector checkpoint of this bundle (found {found!r})")
+
+
+def _weights_problem(path: Path, fmt: str) -> str | None:
+    """What is wrong with the weights file ``path`` (one line naming it), or None."""
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        _check_weights_file(path, fmt)
+    except checkpoint.CheckpointError as err:
+        return str(err)
+    except Exception as err:  # an unreadable file, or a damaged one (a truncated file gives an OSError)
+        return f"{path}: not a readable weights file ({type(err).__name__}: {err})"
+    return None
+
+
 def require_weights(models_dir: str | Path) -> dict[str, str]:
-    """Paths of the trained ``detector``, ``classifier`` and ``gdc2`` weights; raise naming any that are missing."""
+    """Paths of the trained ``detector``, ``classifier`` and ``gdc2`` weights, each present and loading safely.
+
+    Otherwise ``ModelFilesError``: one line naming every file that is missing or damaged, and what to do.
+    """
     models = Path(models_dir)
-    missing = [n for n in WEIGHTS.values() if not (models / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{models}: missing trained weights {', '.join(missing)}; train first "
-            "(python -m monai.bundle run training --config_file bundle/configs/train.yaml)"
-        )
-    return {k: str(models / n) for k, n in WEIGHTS.items()}
+    paths = {k: models / n for k, n in WEIGHTS.items()}
+    problems = [p for k, path in paths.items() if (p := _weights_problem(path, WEIGHTS_FORMATS[k]))]
+    if problems:
+        missing = any(p.endswith(" is missing") for p in problems)
+        todo = "train first (python -m monai.bundle run training --config_file bundle/configs/train.yaml)"
+        message = f"cannot run inference: {'; '.join(problems)}; {todo if missing else 'retrain or copy it again'}"
+        raise ModelFilesError(one_line(message, limit=2000))
+    return {k: str(path) for k, path in paths.items()}
 
 
 def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
