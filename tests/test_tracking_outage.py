@@ -97,3 +97,20 @@ def test_server_killed_mid_run_training_finishes(tiny_dataset, tmp_path) -> None
     after = [r for r in _offline_records(out) if r["event"] == "metrics" and "val_auc" in r.get("metrics", {})]
     assert after and max(r["epoch"] for r in after) == 40  # the epochs after the kill are kept locally
     print(f"finished {time.time() - killed:.1f} s after the server was killed; {len(after)} epochs kept offline")
+
+
+def test_unreachable_server_inference_finishes(models, inputs, tmp_path, caplog) -> None:
+    from scripts.inference import run_inference
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    tracking._unreachable.clear()
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        summary = run_inference(inputs, out, models, device="cpu", tracking_uri=uri)
+    rows = summary.read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 and "error" not in json.loads((out / "xray0.json").read_text())
+    warnings = [r.getMessage() for r in caplog.records if "MLflow tracking at" in r.getMessage()]
+    assert len(warnings) == 1 and uri in warnings[0]
+    kept = [r for r in _offline_records(out) if r["event"] == "metrics"]
+    assert kept and kept[0]["metrics"]["images"] == 3
+    tracking._unreachable.clear()

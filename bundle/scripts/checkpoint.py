@@ -20,6 +20,7 @@ and best-model files) are plain state dicts; ``state_dict_from`` reads those.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -86,8 +87,21 @@ def safe_load(path: str | Path) -> Any:
     except OSError:
         raise
     except Exception as err:  # UnpicklingError (a pickled class or __reduce__), RuntimeError (not a torch file)...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a weights file that loads safely ({type(err).__name__}: {first})") from err
+        raise CheckpointError(f"{path}: not a weights file that loads safely ({_why_refused(err)})") from err
+
+
+def _why_refused(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file, without its advice to load it unsafely."""
+    text = " ".join(str(err).split())
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds code or objects other than weights: {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
+    if found:
+        return f"not weights data: {found.group(1).strip()[:200]}"
+    if "PytorchStreamReader" in text:
+        return "damaged or truncated: " + text.split(". ")[0].removeprefix("PytorchStreamReader ")
+    return f"{type(err).__name__}: {text.split('. ')[0][:300]}" if text else type(err).__name__
 
 
 def save(path: str | Path, fmt: str, networks: Mapping[str, nn.Module], info: Mapping | None = None) -> Path:
