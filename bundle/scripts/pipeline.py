@@ -179,8 +179,12 @@ def train_all(
     experiment_name: str = "nasal_bone_fracture",
     stage_args: dict | None = None,
     only: list[str] | str | None = None,
+    log_images: bool = False,
 ) -> dict:
-    """Train (and evaluate) ``stages`` in order; return and write ``output_dir/pipeline.json``."""
+    """Train (and evaluate) ``stages`` in order; return and write ``output_dir/pipeline.json``.
+
+    ``log_images``: pictures made from the X-rays go to MLflow too (every stage's ``log_images``).
+    """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     models = Path(models_dir) if models_dir else BUNDLE_ROOT / "models"
@@ -192,6 +196,7 @@ def train_all(
         "models_dir": str(models),
         "tracking_uri": tracking_uri,
         "experiment_name": experiment_name,
+        "log_images": bool(log_images),
         **(stage_args or {}),
     }
     only = [only] if isinstance(only, str) else only
