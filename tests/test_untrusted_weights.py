@@ -42,8 +42,15 @@ def test_a_resumption_checkpoint_with_code_is_skipped_unrun(tmp_path, caplog) ->
     assert not marker.exists()
 
 
-def test_an_ultralytics_checkpoint_with_code_is_refused_unrun(tmp_path) -> None:
+def test_an_ultralytics_checkpoint_with_code_is_refused_unrun(tmp_path, monkeypatch) -> None:
+    import ultralytics.nn.tasks
+    import ultralytics.utils
+
+    # as if Ultralytics had been imported before the switch was set (it reads it once, at import)
+    monkeypatch.setattr(ultralytics.utils, "SAFE_LOAD", False)
+    monkeypatch.setattr(ultralytics.nn.tasks, "SAFE_LOAD", False)
     prepare_ultralytics(tmp_path / "ultralytics")
+    assert ultralytics.nn.tasks.SAFE_LOAD and ultralytics.utils.SAFE_LOAD
     from ultralytics.nn.tasks import torch_safe_load
 
     marker = tmp_path / "ran"

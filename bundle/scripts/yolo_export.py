@@ -56,7 +56,7 @@ def prepare_ultralytics(config_dir: str | Path | None = None) -> Path:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
     # weights are data: Ultralytics loads its checkpoints with weights_only=True and an allow-list, and builds
-    # models without eval() (read when Ultralytics is imported; scripts.detector also checks detector.pt itself)
+    # models without eval() (scripts.detector also checks detector.pt itself)
     os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     if os.environ.pop(API_KEY_ENV, None):
@@ -69,6 +69,12 @@ def prepare_ultralytics(config_dir: str | Path | None = None) -> Path:
     import matplotlib
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
+    # Ultralytics reads ULTRALYTICS_SAFE_LOAD once, at import: if something imported it before this call, switch
+    # its restricted loading on where it keeps the flag (module constants of ultralytics.utils and .nn.tasks)
+    for module in ("ultralytics.utils", "ultralytics.nn.tasks"):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, "SAFE_LOAD"):
+            loaded.SAFE_LOAD = True
     for name in UPLOAD_CALLBACKS:  # add_integration_callbacks gives every trainer these dicts' (uploading) callbacks
         try:
             importlib.import_module(f"ultralytics.utils.callbacks.{name}").callbacks.clear()
