@@ -14,6 +14,8 @@ from pydicom.data import get_testdata_file
 
 from scripts.imageio import KINDS, LoadXrayd, XrayReader, XrayReadError, load_xray, save_xray
 
+STORED = "stored"  # the container's range: these tests check decoding (the robust window: test_format_invariance.py)
+
 
 def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
     """A non-square test image whose value encodes position: row and column can be told apart."""
@@ -25,7 +27,7 @@ def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
 def test_roundtrip_every_kind_keeps_orientation_and_range(tmp_path: Path, kind: str) -> None:
     img = _gradient()
     path = save_xray(tmp_path / "x", img, kind)
-    out = load_xray(path)
+    out = load_xray(path, intensity=STORED)
     assert out.shape == img.shape and out.dtype == np.float32
     tol = 1.0 / 255 if kind == "png8" else 1.0 / 4095 + 1e-6
     np.testing.assert_allclose(out, img, atol=tol)
@@ -43,15 +45,15 @@ def test_rgb_and_16bit_png(tmp_path: Path) -> None:
     img = _gradient()
     rgb = np.repeat((img * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    np.testing.assert_allclose(load_xray(tmp_path / "rgb.png"), img, atol=1.5 / 255)
+    np.testing.assert_allclose(load_xray(tmp_path / "rgb.png", intensity=STORED), img, atol=1.5 / 255)
     Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
-    np.testing.assert_allclose(load_xray(tmp_path / "rgb.jpg"), img, atol=6 / 255)
+    np.testing.assert_allclose(load_xray(tmp_path / "rgb.jpg", intensity=STORED), img, atol=6 / 255)
 
 
 def test_nifti_axis_convention(tmp_path: Path) -> None:
     img = _gradient()
     nib.save(nib.Nifti1Image(img.T[:, :, None].copy(), np.eye(4)), str(tmp_path / "x.nii"))  # (x, y, 1)
-    np.testing.assert_allclose(load_xray(tmp_path / "x.nii"), img, atol=1e-6)
+    np.testing.assert_allclose(load_xray(tmp_path / "x.nii", intensity=STORED), img, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +72,7 @@ def test_nifti_axis_convention(tmp_path: Path) -> None:
 )
 def test_real_dicom_files_from_pydicom(name: str) -> None:
     path = get_testdata_file(name)
-    out = load_xray(path)
+    out = load_xray(path, intensity=STORED)
     ref = pydicom.dcmread(path, force=True)
     assert out.shape == (ref.Rows, ref.Columns)
     assert 0.0 <= out.min() < out.max() <= 1.0
@@ -117,7 +119,7 @@ def test_bad_files_name_file_and_problem(tmp_path: Path) -> None:
 def test_monai_loadimaged_with_xray_reader(tmp_path: Path) -> None:
     img = _gradient()
     path = save_xray(tmp_path / "a", img, "dcm")
-    data = LoadImaged("image", reader=XrayReader())({"image": str(path)})
+    data = LoadImaged("image", reader=XrayReader(intensity=STORED))({"image": str(path)})
     data = EnsureChannelFirstd("image", channel_dim="no_channel")(data)
     assert tuple(data["image"].shape) == (1, *img.shape)
     np.testing.assert_allclose(data["image"][0].numpy(), img, atol=1 / 4095 + 1e-6)
@@ -162,7 +164,7 @@ def test_colour_dicom_is_decoded_once_like_pydicom(tmp_path: Path, photometric: 
     path = _colour_dicom(tmp_path / "colour.dcm", rgb, photometric)
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     pydicom_rgb = pydicom.dcmread(path).pixel_array  # pydicom's own RGB
-    out = load_xray(path)
+    out = load_xray(path, intensity=STORED)
     np.testing.assert_allclose(out, np.floor(pydicom_rgb.astype(np.float32) @ luma) / 255, atol=1e-6)
     assert np.abs(out - (rgb.astype(np.float32) @ luma) / 255).mean() < 0.01  # the colours written, not 0.24 off
 
@@ -171,9 +173,9 @@ def test_colour_dicom_is_decoded_once_like_pydicom(tmp_path: Path, photometric: 
 def test_dicom_is_recognised_by_content_whatever_the_name(tmp_path: Path, name: str) -> None:
     img = _gradient()
     path = save_xray(tmp_path / "x", img, "dcm").rename(tmp_path / name)
-    np.testing.assert_allclose(load_xray(path), img, atol=1 / 4095 + 1e-6)
+    np.testing.assert_allclose(load_xray(path, intensity=STORED), img, atol=1 / 4095 + 1e-6)
     assert XrayReader().verify_suffix(str(path))
-    data = LoadXrayd("image")({"image": str(path)})
+    data = LoadXrayd("image", intensity=STORED)({"image": str(path)})
     assert tuple(data["image"].shape) == img.shape
 
 
@@ -222,7 +224,7 @@ def test_palette_png_loads_as_the_gray_of_its_colours(tmp_path: Path) -> None:
     gray = Image.fromarray(np.round(img * 255).astype(np.uint8))
     gray.convert("P").save(tmp_path / "palette.png")
     assert Image.open(tmp_path / "palette.png").mode == "P"
-    np.testing.assert_allclose(load_xray(tmp_path / "palette.png"), img, atol=1.5 / 255)
+    np.testing.assert_allclose(load_xray(tmp_path / "palette.png", intensity=STORED), img, atol=1.5 / 255)
 
 
 def test_unreadable_file_raises_only_xray_read_error(tmp_path: Path, monkeypatch) -> None:

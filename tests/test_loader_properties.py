@@ -218,4 +218,4 @@ def test_a_gray_png_keeps_the_intensity_convention(tmp_path: Path, dtype: type) 
     """Not random: a full-range gray PNG divides by its bit depth's range (the convention the properties rely on)."""
     arr = np.linspace(0, np.iinfo(dtype).max, 32 * 32).astype(dtype).reshape(32, 32)
     Image.fromarray(arr).save(tmp_path / "g.png")
-    np.testing.assert_allclose(load_xray(tmp_path / "g.png"), arr / np.iinfo(dtype).max, atol=1e-6)
+    np.testing.assert_allclose(load_xray(tmp_path / "g.png", intensity="stored"), arr / np.iinfo(dtype).max, atol=1e-6)

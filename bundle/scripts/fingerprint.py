@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .imageio import INTENSITY_CONVENTION
+
 logger = logging.getLogger(__name__)
 LENGTH = 16
 MISSING = "missing"
@@ -64,6 +66,7 @@ def dataset_fingerprint(dataset_dir: str | Path, content: bool = False) -> str:
     if not csv_path.is_file():
         return MISSING
     h = hashlib.sha256(csv_path.read_bytes())
+    h.update(INTENSITY_CONVENTION.encode())  # how the images load: what was made under another convention is redone
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             for rel in (row.get("image") or "", row.get("fracture_mask") or ""):

@@ -2,10 +2,17 @@
 
 Every image, whatever its format, loads as a ``float32`` array of shape ``(rows, cols)`` in the
 orientation it is displayed in (x = column, y = row), intensities in ``[0, 1]`` with bright = dense
-(MONOCHROME2). Integer pixels are divided by the full range of their stored bit depth (8-bit PNG by
-255, 16-bit PNG by 65535, DICOM by ``2**BitsStored - 1``); signed or floating-point pixels are
-min-max scaled. DICOM MONOCHROME1 is inverted. 2D NIfTI stores axis 0 = x (column) and axis 1 = y
-(row), the ITK/MONAI convention, and is transposed on load.
+(MONOCHROME2). 2D NIfTI stores axis 0 = x (column) and axis 1 = y (row), the ITK/MONAI convention, and is
+transposed on load.
+
+Intensities (``intensity="window"``, the default, for every X-ray) do not depend on the container: the
+pixel values (DICOM: after its Modality LUT, i.e. ``RescaleSlope``/``RescaleIntercept``) are mapped to [0, 1]
+by the image's own robust window, its ``WINDOW_PERCENTILES`` (0.5th to 99.5th percentile), clipped; DICOM
+MONOCHROME1 is then inverted. The bit depth of the file (a 12-bit image in a 16-bit PNG, ``BitsStored``), the
+stored range, a rescale and the exposure therefore do not change what the networks see. A DICOM VOI LUT or
+window (``WindowCenter``/``WindowWidth``) is a display setting that differs between exports of the same image
+and is not applied. ``intensity="stored"`` divides integers by their container's range instead (8-bit by
+255, 16-bit by 65535): how the bundle reads back its own [0, 1] files (the crops that ``save_xray`` wrote).
 
 A file is DICOM when it has DICOM's ``DICM`` preamble at byte 128, whatever its name (PACS exports are often
 named by UID, ``1.2.840....123``), or a ``.dcm``/``.dicom`` suffix; other formats go by suffix. Colour images are
@@ -35,6 +42,11 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SUFFIXES = DICOM_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES
 KINDS = ("png8", "png16", "dcm", "dcm_mono1", "dcm_rle", "nii")
+INTENSITY = ("window", "stored")  # load_xray's intensity conventions (see the module docstring)
+WINDOW_PERCENTILES = (0.5, 99.5)
+# part of the dataset fingerprint: crops, splits and weights made under another convention are made again
+INTENSITY_CONVENTION = "window p0.5-p99.5 after the modality LUT, MONOCHROME1 inverted, VOI not applied"
+_WINDOW_SAMPLES = 1_000_000  # the percentiles of a large image are taken on a regular subsample of this many
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels; a 43 cm flat-panel detector at 0.1 mm gives about 18
 MAX_MESSAGE = 400  # characters of an error message kept (decoders can list every plugin they tried)
 
@@ -97,6 +109,20 @@ def _min_max(arr: np.ndarray) -> np.ndarray:
     return np.zeros_like(arr) if hi == lo else (arr - lo) / (hi - lo)
 
 
+def robust_window(values: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> np.ndarray:
+    """``values`` mapped to [0, 1] by their own ``percentiles`` (low -> 0, high -> 1, clipped); min-max if those
+    coincide (an image that is mostly one value)."""
+    values = np.asarray(values, dtype=np.float32)
+    step = max(1, int(np.sqrt(values.size / _WINDOW_SAMPLES)))
+    sample = values[::step, ::step] if values.ndim == 2 else values.ravel()[:: step * step]
+    lo, hi = (float(v) for v in np.percentile(sample, percentiles))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros_like(values)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
 def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
     """Squeeze a 2D image out of gray, RGB(A) or single-slice arrays."""
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -109,8 +135,9 @@ def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
-def _load_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
+def _load_dicom(path: Path, max_pixels: int | None, intensity: str = "window") -> np.ndarray:
     import pydicom
+    from pydicom.pixels import apply_modality_lut
 
     try:  # pixel data over 1 MB stays on disk until decoded, i.e. after the size check
         ds = pydicom.dcmread(path, force=True, defer_size="1 MB")
@@ -126,11 +153,16 @@ def _load_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     except Exception as err:  # pydicom raises many types for truncated/undecodable data
         raise XrayReadError(path, f"cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
     arr = _to_gray(arr, path)
-    bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
-    if np.issubdtype(arr.dtype, np.unsignedinteger) and bits <= 8 * arr.dtype.itemsize:
-        img = np.clip(_scale_integer(arr, bits), 0.0, 1.0)
+    if intensity == "window":
+        if int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+            arr = apply_modality_lut(arr, ds)  # stored values -> modality values (rescale slope/intercept, LUT)
+        img = robust_window(arr)
     else:
-        img = _min_max(arr)
+        bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
+        if np.issubdtype(arr.dtype, np.unsignedinteger) and bits <= 8 * arr.dtype.itemsize:
+            img = np.clip(_scale_integer(arr, bits), 0.0, 1.0)
+        else:
+            img = _min_max(arr)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         img = 1.0 - img
     return img
@@ -148,7 +180,7 @@ def _pil_pixels(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
         return np.asarray(im), im.mode
 
 
-def _load_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+def _load_pil(path: Path, max_pixels: int | None, intensity: str = "window") -> np.ndarray:
     from PIL import Image
 
     try:
@@ -162,6 +194,8 @@ def _load_pil(path: Path, max_pixels: int | None) -> np.ndarray:
     except Exception as err:  # Pillow raises many types on malformed files
         raise XrayReadError(path, f"not a readable image file ({type(err).__name__}: {err})") from err
     arr = _to_gray(arr, path)
+    if intensity == "window":
+        return robust_window(arr)
     if mode.startswith("I;16") or arr.dtype == np.uint16:
         return _scale_integer(arr, 16)
     if arr.dtype == np.uint8 or arr.dtype == bool:
@@ -169,7 +203,7 @@ def _load_pil(path: Path, max_pixels: int | None) -> np.ndarray:
     return _min_max(arr)
 
 
-def _load_nifti(path: Path, max_pixels: int | None) -> np.ndarray:
+def _load_nifti(path: Path, max_pixels: int | None, intensity: str = "window") -> np.ndarray:
     import nibabel as nib
 
     try:
@@ -185,6 +219,8 @@ def _load_nifti(path: Path, max_pixels: int | None) -> np.ndarray:
     except Exception as err:  # truncated or corrupt data behind a readable header
         raise XrayReadError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
     arr = np.squeeze(arr).T  # stored (x, y) -> displayed (row, col)
+    if intensity == "window":
+        return robust_window(arr)
     if np.issubdtype(arr.dtype, np.unsignedinteger):
         return _scale_integer(arr, 8 * arr.dtype.itemsize)
     if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0.0 and arr.max() <= 1.0:
@@ -195,7 +231,7 @@ def _load_nifti(path: Path, max_pixels: int | None) -> np.ndarray:
 LOADERS = {"dicom": _load_dicom, "nifti": _load_nifti, "pil": _load_pil}
 
 
-def _read(path: Path, max_pixels: int | None) -> np.ndarray:
+def _read(path: Path, max_pixels: int | None, intensity: str = "window") -> np.ndarray:
     if not path.is_file():
         raise XrayReadError(path, "file not found")
     if path.stat().st_size == 0:
@@ -204,7 +240,7 @@ def _read(path: Path, max_pixels: int | None) -> np.ndarray:
     if kind is None:
         expected = ", ".join(SUFFIXES)
         raise XrayReadError(path, f"unsupported file type '{_suffix(path)}' (expected DICOM or one of {expected})")
-    return LOADERS[kind](path, max_pixels)
+    return LOADERS[kind](path, max_pixels, intensity)
 
 
 def _check_image(img: np.ndarray, path: Path) -> None:
@@ -216,14 +252,17 @@ def _check_image(img: np.ndarray, path: Path) -> None:
         raise XrayReadError(path, "image is blank (every pixel has the same value)")
 
 
-def load_xray(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_xray(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, intensity: str = "window") -> np.ndarray:
     """Load one X-ray as ``float32`` ``(rows, cols)`` in ``[0, 1]``; raise ``XrayReadError`` (only) if unusable.
 
     ``max_pixels`` (None or 0: no limit) refuses a larger image from its header, before decoding it.
+    ``intensity``: ``"window"`` (X-rays: the image's robust window) or ``"stored"`` (the bundle's own files).
     """
+    if intensity not in INTENSITY:
+        raise ValueError(f"intensity must be one of {INTENSITY}, got {intensity!r}")
     path = Path(path)
     try:
-        img = _read(path, max_pixels)
+        img = _read(path, max_pixels, intensity)
         _check_image(img, path)
     except XrayReadError:
         raise
@@ -302,12 +341,15 @@ class XrayReader(ImageReader):
     """MONAI ``ImageReader`` for DICOM, PNG/JPEG and 2D NIfTI X-rays, using ``load_xray``'s convention.
 
     ``get_data`` returns ``(rows, cols)`` float32 arrays in [0, 1] with an identity affine (pixel
-    spacing 1), so spatial axis 0 is y (row) and axis 1 is x (column). ``max_pixels`` as in ``load_xray``.
+    spacing 1), so spatial axis 0 is y (row) and axis 1 is x (column). ``max_pixels`` and ``intensity`` as in
+    ``load_xray`` (``intensity="stored"`` for the crops the bundle wrote itself).
     """
 
-    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS, intensity: str = "window") -> None:
         super().__init__()
-        self.max_pixels = max_pixels
+        if intensity not in INTENSITY:
+            raise ValueError(f"intensity must be one of {INTENSITY}, got {intensity!r}")
+        self.max_pixels, self.intensity = max_pixels, intensity
 
     def verify_suffix(self, filename: Sequence[str] | str) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
@@ -315,7 +357,7 @@ class XrayReader(ImageReader):
 
     def read(self, data: Sequence[str] | str, **kwargs: Any) -> list[tuple[str, np.ndarray]]:
         names = [data] if isinstance(data, (str, Path)) else list(data)
-        return [(str(n), load_xray(n, self.max_pixels)) for n in names]
+        return [(str(n), load_xray(n, self.max_pixels, self.intensity)) for n in names]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         items = img if isinstance(img, list) else [img]
@@ -346,8 +388,14 @@ class LoadXrayd(LoadImaged):
     that ``max_pixels`` refused and bury the diagnosis in a list of tracebacks.
     """
 
-    def __init__(self, keys: KeysCollection, max_pixels: int | None = DEFAULT_MAX_PIXELS, **kwargs: Any) -> None:
-        self.xray_reader = XrayReader(max_pixels)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        intensity: str = "window",
+        **kwargs: Any,
+    ) -> None:
+        self.xray_reader = XrayReader(max_pixels, intensity)
         super().__init__(keys, reader=self.xray_reader, **kwargs)
 
     def __call__(self, data: Any, reader: ImageReader | None = None) -> dict:

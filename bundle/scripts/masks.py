@@ -161,7 +161,7 @@ def load_crops(records: list[dict]) -> tuple[torch.Tensor, np.ndarray]:
 
     if not records:
         return torch.zeros(0, 1, 0, 0), np.zeros((0, 0, 0), bool)
-    images = np.stack([load_xray(r["image"]) for r in records]).astype(np.float32)
+    images = np.stack([load_xray(r["image"], intensity="stored") for r in records]).astype(np.float32)
     truths = np.stack(
         [
             np.asarray(Image.open(r["mask"]).convert("L")) > 127 if r.get("mask") else np.zeros(images.shape[1:], bool)
