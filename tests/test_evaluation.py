@@ -18,6 +18,7 @@ from scripts.evaluation import (
     choose_threshold,
     confusion,
     confusion_sentence,
+    metrics_by_group,
     patient_bootstrap_indices,
     roc_auc,
 )
@@ -152,3 +153,10 @@ def test_candidate_thresholds_of_probabilities_stay_in_the_unit_interval() -> No
     assert low == 0.0 and 1.0 < high < 1.0 + 1e-12  # everything positive / nothing positive
     t, info = choose_threshold([0, 1, 0, 1], [0.0, 0.0, 0.0, 0.0])  # an untrained network: all scores equal
     assert 0.0 <= t <= 1.0 and info["youden_j"] == 0.0
+
+
+def test_metrics_by_group_of_one_group_are_the_overall_figures() -> None:
+    (only,) = metrics_by_group(Y, S, ["png8"] * len(Y), 0.5).values()
+    overall = binary_metrics(Y, S, 0.5)
+    figures = ("roc_auc", "accuracy", "sensitivity", "specificity")
+    assert only == pytest.approx({"n_images": 6, "n_fractures": 3, **{k: overall[k] for k in figures}})

@@ -6,6 +6,7 @@ failures; it writes ``evaluation.json``, ``evaluation_per_image_<split>.csv`` an
 It runs as one Ignite epoch of one iteration: handlers attached through ``val_handlers`` (e.g. the
 ``MLFlowHandler`` that ``monai.bundle run --tracking mlflow`` adds to ``validate#handlers``) find the
 numeric results in ``state.metrics`` at ``EPOCH_COMPLETED``, named ``<split>_<key>`` (``test_mAP50``...).
+``by_format`` breaks the per-image figures down by the file format of each image (``scripts.file_formats``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ignite.engine import Engine, Events
 
 from .dataset import landmarks
 from .detector import NasalBoneDetector, ultralytics_device
+from .evaluation_report import write_by_format_csv
+from .file_formats import file_format
 from .geometry import box_iou, contains, crop_box
 from .imageio import load_xray
 from .splits import split_records
@@ -61,6 +64,22 @@ def ultralytics_map(
         "mAP50": float(stats.get("metrics/mAP50(B)", float("nan"))),
         "mAP50_95": float(stats.get("metrics/mAP50-95(B)", float("nan"))),
     }
+
+
+def detector_by_format(per_image: Sequence[dict]) -> dict[str, dict]:
+    """Per file format, in name order: ``n_images``, ``hit_rate`` (share of images whose box contains both
+    landmarks), ``mean_iou`` and ``failures`` (images without a box), from rows with ``format``, ``contains_both``,
+    ``iou`` and ``x1`` (empty without a box): ``evaluate_detector``'s per-image rows."""
+    out = {}
+    for name in sorted({row["format"] for row in per_image}):
+        rows = [row for row in per_image if row["format"] == name]
+        out[name] = {
+            "n_images": len(rows),
+            "hit_rate": float(np.mean([float(row["contains_both"]) for row in rows])),
+            "mean_iou": float(np.mean([float(row["iou"]) for row in rows])),
+            "failures": sum(str(row["x1"]) == "" for row in rows),
+        }
+    return out
 
 
 def _draw_tile(image01: np.ndarray, pred, gt, points, tile: int, text: str) -> np.ndarray:
@@ -141,8 +160,9 @@ def evaluate_detector(
 ) -> dict:
     """Measure the detector on ``split``: mAP50 (Ultralytics val), IoU with the landmark box, landmark containment.
 
-    Writes ``evaluation.json`` and ``predictions_<split>.png`` under ``out_dir``. An image without a box
-    counts as a failure, with IoU 0 and landmarks not contained.
+    Writes ``evaluation.json`` (with ``by_format``: the figures per file format), ``evaluation_per_image_<split>.csv``,
+    ``evaluation_by_format.csv`` and ``predictions_<split>.png`` under ``out_dir``. An image without a box counts as a
+    failure, with IoU 0 and landmarks not contained.
     """
     out = Path(out_dir)
     prepare_ultralytics(out / "ultralytics")
@@ -167,6 +187,7 @@ def evaluate_detector(
         per_image.append(
             {
                 "image": r["id"],
+                "format": file_format(r["image"]),
                 "iou": round(iou, 4),
                 "contains_both": int(ok),
                 "confidence": round(c, 4),
@@ -202,12 +223,14 @@ def evaluate_detector(
         "imgsz": det.imgsz,
         "margin": margin,
         "weights": Path(weights).name,  # the file name only: no path of this machine in results
+        "by_format": detector_by_format(per_image),
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     with open(out / f"evaluation_per_image_{split}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(per_image[0]) if per_image else ["image"])
         writer.writeheader()
         writer.writerows(per_image)
+    write_by_format_csv(result["by_format"], out / "evaluation_by_format.csv")
     save_prediction_grid(shown, out / f"predictions_{split}.png")
     logger.info(
         "detector on %s: %s",
@@ -253,4 +276,4 @@ class DetectorEvaluator(Engine):
         return result
 
 
-__all__ = ["DetectorEvaluator", "evaluate_detector", "save_prediction_grid", "ultralytics_map"]
+__all__ = ["DetectorEvaluator", "detector_by_format", "evaluate_detector", "save_prediction_grid", "ultralytics_map"]

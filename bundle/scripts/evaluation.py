@@ -14,6 +14,8 @@ evaluates through ``evaluation_report.evaluate_binary``. Conventions:
   never count as independent evidence. 95% percentile intervals, ``n_resamples=2000``, seeded.
 - Calibration: reliability diagram over equal-width probability bins, Brier score and expected
   calibration error (ECE, bin-weighted mean |observed rate - mean predicted|).
+- Per group (``metrics_by_group``, e.g. per file format): the same figures at the same threshold, no CIs; a
+  figure undefined in a group (AUC with one class) is None.
 """
 
 from __future__ import annotations
@@ -70,6 +72,31 @@ def binary_metrics(y: Sequence[int], score: Sequence[float], threshold: float) -
         "specificity": _ratio(c["tn"], c["tn"] + c["fp"]),
         "brier": float(np.mean((s_arr - y_arr) ** 2)) if n else float("nan"),
     }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def metrics_by_group(
+    y: Sequence[int], score: Sequence[float], groups: Sequence[str], threshold: float
+) -> dict[str, dict]:
+    """Per group (e.g. file format), in name order: ``n_images``, ``n_fractures``, ``roc_auc``, ``accuracy``,
+    ``sensitivity`` and ``specificity`` at ``threshold``; a figure that is undefined in a group (the AUC of a group
+    with one class, the sensitivity of a group without fractures) is None (JSON null)."""
+    y_arr, s_arr, g_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64), np.asarray(groups, str)
+    if not len(y_arr) == len(s_arr) == len(g_arr):
+        raise ValueError(f"y, score and groups differ in length ({len(y_arr)}, {len(s_arr)}, {len(g_arr)})")
+    out = {}
+    for name in sorted(set(g_arr.tolist())):
+        sel = g_arr == name
+        m = binary_metrics(y_arr[sel], s_arr[sel], threshold)
+        out[name] = {
+            "n_images": int(sel.sum()),
+            "n_fractures": int(y_arr[sel].sum()),
+            **{k: _finite_or_none(m[k]) for k in ("roc_auc", "accuracy", "sensitivity", "specificity")},
+        }
+    return out
 
 
 def confusion_sentence(counts: dict[str, int], positive: str = "fractures", negative: str = "normals") -> str:

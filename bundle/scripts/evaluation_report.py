@@ -1,5 +1,6 @@
 """The evaluation report of a binary classifier: ``evaluate_binary`` writes the metrics (``evaluation.py``) with
-patient-bootstrap CIs as JSON, the ROC curve with its operating point and the reliability diagram."""
+patient-bootstrap CIs as JSON, the ROC curve with its operating point and the reliability diagram;
+``add_format_breakdown`` adds the same figures per file format of the source images (``by_format``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation import binary_metrics, bootstrap_ci, calibration, confusion, confusion_sentence
+from .evaluation import binary_metrics, bootstrap_ci, calibration, confusion, confusion_sentence, metrics_by_group
+from .file_formats import file_format
 
 logger = logging.getLogger(__name__)
 
@@ -159,5 +161,53 @@ def evaluate_binary(
         ci["roc_auc"]["value"],
         ci["accuracy"]["value"],
         result["confusion_text"],
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Per file format
+# ----------------------------------------------------------------------------------------------
+
+
+def write_by_format_csv(by_format: dict[str, dict], path: str | Path) -> Path:
+    """``by_format`` (format -> figures) as a CSV table, one row per format, ``format`` first; None as empty."""
+    columns = ["format", *dict.fromkeys(k for row in by_format.values() for k in row)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for name, row in by_format.items():
+            writer.writerow({"format": name, **{k: "" if v is None else v for k, v in row.items()}})
+    return Path(path)
+
+
+def _scalar(value) -> float:
+    """One collected value (a number or a one-element list) as a float."""
+    return float(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def add_format_breakdown(
+    result: dict, collected: dict[str, list], dataset_dir: str | Path, out_dir: str | Path, name: str = "evaluation"
+) -> dict:
+    """Add ``by_format`` to ``result`` (``evaluate_binary``'s, at its ``threshold``) and rewrite ``<name>.json``;
+    write ``<name>_by_format.csv``.
+
+    ``collected`` holds per-item ``pred`` (probability), ``label`` and ``source_image`` (the image's path relative to
+    ``dataset_dir``, as ``crops.csv`` records it); each image is grouped by ``file_formats.file_format``.
+    """
+    if "source_image" not in collected:
+        raise KeyError("add_format_breakdown needs 'source_image' in the collected outputs (OutputCollector keys)")
+    prob = [_scalar(p) for p in collected["pred"]]
+    label = [int(round(_scalar(y))) for y in collected["label"]]
+    formats = [file_format(Path(dataset_dir) / s) for s in collected["source_image"]]
+    out = Path(out_dir)
+    result = {**result, "by_format": metrics_by_group(label, prob, formats, result["threshold"])}
+    table = write_by_format_csv(result["by_format"], out / f"{name}_by_format.csv")
+    result["figures"] = {**result.get("figures", {}), "by_format_table": table.name}
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    logger.info(
+        "%s by format: %s",
+        name,
+        ", ".join(f"{k} accuracy {v['accuracy']:.3f} (n={v['n_images']})" for k, v in result["by_format"].items()),
     )
     return result
