@@ -24,6 +24,8 @@ IMAGE = np.random.default_rng(0).random((48, 40)).astype(np.float32)
 KIND_NAMES = {  # scripts.imageio.KINDS -> file_format's name
     "png8": "png8",
     "png16": "png16",
+    "png16_12bit": "png16-12bit",
+    "jpeg": "jpeg",
     "dcm": "dicom12",
     "dcm_mono1": "dicom12-mono1",
     "dcm_rle": "dicom12-rle",

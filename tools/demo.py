@@ -108,6 +108,7 @@ def main() -> None:
         t0,
     )
     _step("Report", [py, "-m", "tools.report", str(out), "--inference_dir", str(out / "inference")], t0)
+    _step("Test split by file format (detector and classifier)", [py, "-m", "tools.format_table", str(out)], t0)
     print(
         f"\nDone in {(time.perf_counter() - t0) / 60:.1f} min.\n"
         f"  Report:  {(out / 'report.html').resolve()}\n"

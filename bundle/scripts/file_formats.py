@@ -1,12 +1,14 @@
 """The storage format of an image file, named from its header as a user would name it (``file_format``).
 
 Used to break evaluations down by format (``by_format`` in the detector's and the classifier's ``evaluation.json``),
-so that a drop in one kind of export shows. Only headers are read, never the pixels. The names, short and stable:
+so that a drop in one kind of export shows. Only headers are read, except that a gray 16-bit PNG is decoded to tell
+a 12-bit image in it (``png16-12bit``: every value up to 4095, a common PACS/research export). The names:
 
 ================================  =================================================================================
 name                              file
 ================================  =================================================================================
-``png8``, ``png16`` (``png1``..)  PNG, gray, by its IHDR bit depth; ``-rgb`` colour, ``-palette`` palette colour
+``png8``, ``png16`` (``png1``..)  PNG, gray, by its IHDR bit depth (``png16-12bit``: values up to 4095 only);
+                                  ``-rgb`` colour, ``-palette`` palette colour
 ``jpeg``                          JPEG (``jpeg-rgb`` when it has colour channels)
 ``tiff8``, ``tiff16``, ``bmp8``   other Pillow formats: the format and bits a sample, ``-rgb``/``-palette`` as PNG
 ``dicom12``, ``dicom16``...       DICOM, by ``BitsStored``; then ``-mono1`` for MONOCHROME1, ``-rgb`` for colour
@@ -19,10 +21,10 @@ name                              file
 anything else                     the lower-case suffix without its dot (``nii.gz``, ``tif``), ``unknown`` if none
 ================================  =================================================================================
 
-E.g. the phantom's kinds (``scripts.imageio.KINDS``): ``png8`` -> ``png8``, ``png16`` -> ``png16``, ``dcm`` ->
-``dicom12``, ``dcm_mono1`` -> ``dicom12-mono1``, ``dcm_rle`` -> ``dicom12-rle``, ``nii`` -> ``nifti-float``. A file
-whose header cannot be read is named by its suffix (the evaluation that asks has already loaded it). The name says
-what the container holds, not the range of the values in it: a 16-bit PNG holding 12-bit values is ``png16``.
+E.g. the phantom's kinds (``scripts.imageio.KINDS``): ``png8`` -> ``png8``, ``png16`` -> ``png16``, ``png16_12bit``
+-> ``png16-12bit``, ``jpeg`` -> ``jpeg``, ``dcm`` -> ``dicom12``, ``dcm_mono1`` -> ``dicom12-mono1``, ``dcm_rle`` ->
+``dicom12-rle``, ``nii`` -> ``nifti-float``. A file whose header cannot be read is named by its suffix (the
+evaluation that asks has already loaded it).
 """
 
 from __future__ import annotations
@@ -90,10 +92,20 @@ def png_format(header: bytes) -> str | None:
     return f"png{header[24]}{_PNG_COLOUR.get(header[25], '')}"
 
 
+def _values_fit_12_bits(path: str | Path) -> bool:
+    """Whether a gray 16-bit PNG holds only values up to 4095 (a 12-bit image in a 16-bit container): decodes it."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(np.asarray(im).max()) <= 4095
+
+
 def pil_format(path: str | Path) -> str:
     """PNG from its IHDR; other formats from Pillow's lazily opened header (format, mode)."""
     with open(path, "rb") as f:
         name = png_format(f.read(26))
+    if name == "png16" and _values_fit_12_bits(path):
+        return "png16-12bit"
     if name:
         return name
     from PIL import Image

@@ -41,7 +41,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SUFFIXES = DICOM_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES
-KINDS = ("png8", "png16", "dcm", "dcm_mono1", "dcm_rle", "nii")
+KINDS = ("png8", "png16", "png16_12bit", "jpeg", "dcm", "dcm_mono1", "dcm_rle", "nii")
 INTENSITY = ("window", "stored")  # load_xray's intensity conventions (see the module docstring)
 WINDOW_PERCENTILES = (0.5, 99.5)
 # part of the dataset fingerprint: crops, splits and weights made under another convention are made again
@@ -316,9 +316,13 @@ def save_xray(path: str | Path, image01: np.ndarray, kind: str) -> Path:
     if kind == "png8":
         out = path.with_name(stem + ".png")
         Image.fromarray(np.round(image01 * 255).astype(np.uint8)).save(out)
-    elif kind == "png16":
+    elif kind in ("png16", "png16_12bit"):  # full 16-bit range, or 12-bit values (0..4095) as many exports hold
         out = path.with_name(stem + ".png")
-        Image.fromarray(np.round(image01 * 65535).astype(np.uint16)).save(out)
+        top = 65535 if kind == "png16" else 4095
+        Image.fromarray(np.round(image01 * top).astype(np.uint16)).save(out)
+    elif kind == "jpeg":
+        out = path.with_name(stem + ".jpg")
+        Image.fromarray(np.round(image01 * 255).astype(np.uint8)).save(out, quality=95)
     elif kind in ("dcm", "dcm_mono1", "dcm_rle"):
         out = path.with_name(stem + ".dcm")
         ds = _dicom_dataset(image01, monochrome1=kind == "dcm_mono1")

@@ -13,10 +13,12 @@ from .preview import save_preview
 from .render import render_patient
 
 DEFAULT_FORMATS: dict[str, float] = {  # file kind (scripts.imageio.KINDS) -> share of images
-    "png8": 0.6,
+    "png8": 0.35,
     "png16": 0.1,
+    "png16_12bit": 0.1,  # 12-bit values in a 16-bit PNG, a common PACS/research export
+    "jpeg": 0.1,
     "dcm": 0.1,
-    "dcm_mono1": 0.05,
+    "dcm_mono1": 0.1,
     "dcm_rle": 0.05,
     "nii": 0.1,
 }
