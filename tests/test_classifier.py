@@ -10,6 +10,7 @@ import torch
 
 from scripts.checkpoint import CLASSIFIER_FORMAT, CheckpointError
 from scripts.classifier import FractureClassifier, load_classifier, save_classifier
+from scripts.imageio import INTENSITY_CONVENTION
 from scripts.networks import Generator, save_networks
 from scripts.resume import latest_checkpoint
 
@@ -192,6 +193,7 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
     assert 0.0 <= info["threshold"] <= 1.0
     assert info["crop_size"] == 64 and info["box_source"] == "landmarks" and info["threshold_rule"] == "youden"
     assert info["validation"]["tp"] + info["validation"]["fn"] > 0  # chosen on validation crops with fractures
+    assert info["intensity"] == INTENSITY_CONVENTION  # how its images were loaded (inference checks it)
     assert latest_checkpoint(out / "classifier" / "checkpoints").endswith("checkpoint_epoch=1.pt")
     assert (out / "classifier" / "best_network.pt").is_file()
 

@@ -140,3 +140,14 @@ def test_every_format_gives_the_same_box_and_probability(xrays, models) -> None:
             assert (box is None) == (ref_box is None), name
             if box is not None:
                 assert np.abs(np.asarray(box) - np.asarray(ref_box)).max() <= BOX_PX, (name, box, ref_box)
+
+
+def test_weights_from_another_intensity_convention_are_flagged(models, caplog) -> None:
+    """classifier.pt records how its images were loaded; inference warns when that is not this loader's way."""
+    import logging
+
+    from scripts.inference import classifier_info
+
+    with caplog.at_level(logging.WARNING):
+        classifier_info(models / "classifier.pt")  # the tiny weights record no convention
+    assert "trained with images loaded another way" in caplog.text and "retrain" in caplog.text

@@ -19,6 +19,7 @@ from .checkpoint import state_dict_from
 from .classifier import save_classifier
 from .evaluation import choose_threshold
 from .evaluation_report import evaluate_binary
+from .imageio import INTENSITY_CONVENTION
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def export_classifier(
         "target_sensitivity": target_sensitivity,
         "validation": {k: v for k, v in figures.items() if k not in ("rule", "target_sensitivity")},
         "n_validation_images": len(val["label"]),
+        "intensity": INTENSITY_CONVENTION,  # how its images were loaded; inference warns if it loads otherwise
         **(extra or {}),
     }
 

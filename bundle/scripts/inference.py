@@ -21,7 +21,7 @@ import torch
 from . import checkpoint
 from .detector import CHECKPOINT_FORMAT as DETECTOR_FORMAT
 from .geometry import crop_box, paste_back, squarify
-from .imageio import SUFFIXES, _suffix, image_format, one_line
+from .imageio import INTENSITY_CONVENTION, SUFFIXES, _suffix, image_format, one_line
 from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
@@ -195,6 +195,14 @@ def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) ->
         return {"config": dict(defaults or DEFAULT_CLASSIFIER), "threshold": 0.5, "crop_size": 128}
     ckpt = checkpoint.read(path, checkpoint.CLASSIFIER_FORMAT)
     info = ckpt["info"]
+    if info.get("intensity") != INTENSITY_CONVENTION:
+        logger.warning(
+            "%s was trained with images loaded another way (%s); this loader: %s. Its probabilities and threshold "
+            "may not hold: retrain (python -m monai.bundle run training --config_file bundle/configs/train.yaml)",
+            Path(path).name,
+            info.get("intensity", "container bit-depth scaling, before the robust window"),
+            INTENSITY_CONVENTION,
+        )
     return {
         "config": dict(ckpt["networks"]["classifier"]["config"]),
         "threshold": float(info["threshold"]),
