@@ -216,6 +216,8 @@ def test_trainer_fires_ignite_events_with_each_ultralytics_epoch(tmp_path, monke
     monkeypatch.setattr(ultralytics, "YOLO", _FakeYOLO)
     saved = []
     monkeypatch.setattr(training, "save_detector", lambda *args, **kwargs: saved.append(args))
+    monkeypatch.setattr(training, "choose_confidence_floor", lambda *args: (0.0, {"rule": "-", "correct_boxes": 0}))
+    monkeypatch.setattr(training, "set_confidence_floor", lambda *args: None)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "export.json").write_text("{}")
     rec = _Recorder(stop_at_epoch)
@@ -314,7 +316,11 @@ def test_cli_training_offline_with_mlflow_tracking(cli_trained):
     assert list(cli_trained.cwd.iterdir()) == []  # no runs/detect, mlruns or mlflow.db in the working directory
     ckpt = torch.load(cli_trained.models / "detector.pt", map_location="cpu", weights_only=True)
     assert ckpt["imgsz"] == 64 and ckpt["margin"] == 0.3 and ckpt["names"] == ["nasal_bone"]
-    assert json.loads((cli_trained.models / "detector.json").read_text())["imgsz"] == 64
+    meta = json.loads((cli_trained.models / "detector.json").read_text())
+    assert meta["imgsz"] == 64
+    # the confidence floor was chosen on the validation images and stored with the weights
+    assert 0.0 <= ckpt["confidence_floor"] == meta["confidence_floor"] <= 1.0
+    assert meta["confidence_floor_choice"]["validation_images"] > 0
     assert "train_loss" in cli_trained.log  # the StatsHandler of train#handlers
 
     client = MlflowClient(_tracking_uri(STAGE, cli_trained.out))
@@ -378,3 +384,21 @@ def test_detector_weights_cannot_run_code(models, tmp_path) -> None:
         NasalBoneDetector(crafted)
     assert not marker.exists()
     assert os.environ.get("ULTRALYTICS_SAFE_LOAD") == "1"  # Ultralytics' own loads are restricted too
+
+
+def test_a_box_below_the_confidence_floor_is_not_assessable(models, tmp_path) -> None:
+    """A box the detector finds with less confidence than its floor (chosen on validation) is not trusted."""
+    import shutil
+
+    from scripts.detector import DetectNasalBoned, set_confidence_floor
+
+    img = torch.rand(1, 96, 80)
+    shutil.copy(models / "detector.pt", tmp_path / "detector.pt")
+    trusted = DetectNasalBoned(keys="image", weights=str(tmp_path / "detector.pt"), crop_size=32, conf=0.0)(
+        {"image": img}
+    )
+    assert trusted["box_source"] == "detector" and "not_assessable" not in trusted
+    set_confidence_floor(tmp_path / "detector.pt", 1.01, {"rule": "test"})
+    d = DetectNasalBoned(keys="image", weights=str(tmp_path / "detector.pt"), crop_size=32, conf=0.0)({"image": img})
+    assert d["box_source"] == "none" and "below the floor 1.01 chosen on validation" in d["not_assessable"]
+    assert d["detector_confidence"] == pytest.approx(trusted["detector_confidence"])

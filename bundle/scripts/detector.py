@@ -69,6 +69,18 @@ def _build_model(ckpt: dict, source: str | Path = "detector checkpoint"):
     return model.float().eval()
 
 
+def set_confidence_floor(path: str | Path, floor: float, details: dict | None = None) -> Path:
+    """Store the confidence floor (and how it was chosen) in ``detector.pt`` and ``detector.json``."""
+    ckpt = checkpoint.safe_load(path)
+    ckpt["confidence_floor"] = float(floor)
+    out = checkpoint.atomic_save(ckpt, path)
+    meta_path = out.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta.update(confidence_floor=float(floor), confidence_floor_choice=details or {})
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return out
+
+
 def save_detector(
     ultralytics_weights: str | Path, out_path: str | Path, imgsz: int, margin: float, info: dict | None = None
 ) -> Path:
@@ -129,6 +141,8 @@ class NasalBoneDetector:
         self.imgsz = int(imgsz or ckpt["imgsz"])
         self.margin = float(ckpt["margin"])
         self.conf = float(conf)
+        # below it a box is not trusted (chosen on validation, scripts.detector_training.choose_confidence_floor)
+        self.confidence_floor = float(ckpt.get("confidence_floor", 0.0))
         self.end2end = bool(getattr(self.model.model[-1], "end2end", False))
 
     @torch.inference_mode()
@@ -155,8 +169,9 @@ class DetectNasalBoned(MapTransform):
     Adds ``box`` (the square box the crop was taken from, for ``scripts.geometry.paste_back``),
     ``detector_box`` (the detector's own box), ``detector_confidence``, ``image_shape`` and
     ``crop_key`` (``(1, crop_size, crop_size)`` float32). The image may be ``(rows, cols)`` or
-    channel-first ``(1, rows, cols)``. If nothing is found, ``on_miss="full"`` crops the whole image
-    (``box_source`` says so), ``on_miss="raise"`` raises.
+    channel-first ``(1, rows, cols)``. If nothing is found, or only a box whose confidence is below the detector's
+    floor chosen on validation, ``on_miss="full"`` crops the whole image (``box_source`` is ``"none"`` and
+    ``not_assessable`` says why), ``on_miss="raise"`` raises.
     """
 
     def __init__(
@@ -185,11 +200,17 @@ class DetectNasalBoned(MapTransform):
             img = np.asarray(d[key].detach().cpu() if isinstance(d[key], torch.Tensor) else d[key], dtype=np.float32)
             img = img[0] if img.ndim == 3 else img
             box, conf = self.detector.predict(img)
-            source = "detector"
+            source, why = "detector", None
+            floor = self.detector.confidence_floor
             if box is None:
+                why = "no nasal bone found"
+            elif conf < floor:
+                why = f"nasal bone box confidence {conf:.2f} is below the floor {floor:.2f} chosen on validation"
+            if why:
                 if self.on_miss == "raise":
-                    raise RuntimeError("no nasal bone found")
+                    raise RuntimeError(why)
                 box, source = np.array([-0.5, -0.5, img.shape[1] - 0.5, img.shape[0] - 0.5]), "none"
+                d["not_assessable"] = why
             square = squarify(box)
             d.update(box=square, detector_box=box, detector_confidence=conf, box_source=source, image_shape=img.shape)
             d[self.crop_key] = torch.from_numpy(crop_box(img, square, self.crop_size))[None]
@@ -204,5 +225,6 @@ __all__ = [
     "NasalBoneDetector",
     "best_box",
     "save_detector",
+    "set_confidence_floor",
     "ultralytics_device",
 ]

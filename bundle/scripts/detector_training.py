@@ -37,7 +37,7 @@ from ignite.engine import Engine, Events
 
 from . import fingerprint
 from .checkpoint import atomic_replace
-from .detector import save_detector, ultralytics_device
+from .detector import save_detector, set_confidence_floor, ultralytics_device
 from .yolo_export import prepare_ultralytics
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,41 @@ class YoloSaltPepper:
         flat[idx[:half]] = 0
         flat[idx[half:]] = 255
         return labels
+
+
+FLOOR_PERCENTILE = 1.0  # the floor keeps this percentile of the correct validation boxes' confidences
+
+
+def choose_confidence_floor(weights: str | Path, data_yaml: str | Path, device=None) -> tuple[float, dict]:
+    """The confidence below which a detected box is not trusted, chosen on the YOLO export's validation images.
+
+    The detector runs on every validation image; a box is correct when its IoU with the labelled box is >= 0.5.
+    The floor is the ``FLOOR_PERCENTILE``th percentile of the correct boxes' confidences: 99% of the nasal bones
+    it found correctly on validation are at or above it. Returns the floor and how it was chosen.
+    """
+    from .detector import NasalBoneDetector
+    from .geometry import box_iou
+    from .imageio import load_xray
+
+    root = Path(data_yaml).parent
+    images = sorted((root / "images" / "val").glob("*.png"))
+    detector = NasalBoneDetector(weights, conf=0.0, device=device)
+    correct: list[float] = []
+    for path in images:
+        img = load_xray(path)
+        h, w = img.shape
+        xc, yc, bw, bh = (float(v) for v in (root / "labels" / "val" / f"{path.stem}.txt").read_text().split()[1:5])
+        truth = np.array([(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h]) - 0.5
+        box, conf = detector.predict(img)
+        if box is not None and box_iou(box, truth) >= 0.5:
+            correct.append(conf)
+    floor = float(np.percentile(correct, FLOOR_PERCENTILE)) if correct else 0.0
+    details = {
+        "rule": f"{FLOOR_PERCENTILE:g}th percentile of the confidences of correct validation boxes (IoU >= 0.5)",
+        "validation_images": len(images),
+        "correct_boxes": len(correct),
+    }
+    return floor, details
 
 
 def _loads(path: Path) -> bool:
@@ -341,6 +376,13 @@ class DetectorTrainer(Engine):
         state_file.write_text(json.dumps({"fingerprint": key, "complete": True, **summary}))
         info = {"run_dir": str(self.run_dir), **summary}
         save_detector(best if best.is_file() else last, self.weights_out, self.args["imgsz"], self.margin, info)
+        device = "cpu" if self.device == "cpu" else f"cuda:{self.device}"  # Ultralytics' "0" -> torch's "cuda:0"
+        floor, details = choose_confidence_floor(self.weights_out, self.data_yaml, device)
+        set_confidence_floor(self.weights_out, floor, details)
+        summary["confidence_floor"] = floor
+        logger.info(
+            "detector: confidence floor %.3f (%s; %d correct boxes)", floor, details["rule"], details["correct_boxes"]
+        )
         self.state.summary = summary
         self.fire_event(Events.COMPLETED)
         logger.info("detector: %s in %.0f s, weights %s", summary["mode"], seconds, self.weights_out)
