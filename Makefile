@@ -9,9 +9,16 @@ BUNDLE   := python -m monai.bundle run
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup data demo train validate-data test test-all bench lint package zoo-check paper-smoke clean
+.PHONY: setup dicom-tools data demo train validate-data test test-all bench lint package zoo-check paper-smoke clean
 
-setup: $(STAMP)
+setup: $(STAMP) dicom-tools
+
+# Debian's dicom3tools (dciodvfy) and dcmtk (dsrdump): tests/test_dicom_validators.py fails without them. apt runs only
+# when one of the two is missing (as root, else through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+dicom-tools:
+	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null; }
 
 $(STAMP): pyproject.toml
 	python3.11 -m venv .venv
@@ -35,10 +42,10 @@ train: $(STAMP)
 validate-data: $(STAMP)
 	.venv/bin/$(BUNDLE) validate --config_file bundle/configs/validate_data.yaml --dataset_dir $(DATA) --output_dir $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) dicom-tools
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: $(STAMP) dicom-tools
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

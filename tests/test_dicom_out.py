@@ -1,5 +1,7 @@
 """DICOM outputs: SC of the overlay and TID 1500 SR, with and without a DICOM source, patient identity rules
-(with the flag: the source's study and patient module; without: a de-identified new study, nothing of the source)."""
+(with the flag: the source's study and patient module; without: a de-identified new study, nothing of the source);
+the SR's findings (finding, operating points, region, "not assessable") and the IHE AI Results conventions.
+``test_dicom_validators.py`` runs dicom3tools' and dcmtk's validators over the same outputs."""
 
 from __future__ import annotations
 
@@ -15,7 +17,15 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from scripts.dicom_out import DEIDENTIFICATION_METHOD, write_dicom_outputs
-from scripts.dicom_sr import DETECTOR_CONFIDENCE, NASAL_BONE_DETECTED, NASAL_BONE_FRACTURE, largest_region_outline
+from scripts.dicom_sr import (
+    DETECTED,
+    DETECTOR_CONFIDENCE,
+    FRACTURE_OF_BONE,
+    NASAL_BONE,
+    NOT_DETECTED,
+    bundle_version,
+    largest_region_outline,
+)
 
 ROWS, COLS = 64, 48
 BOX = [3.5, 4.0, 30.0, 50.0]
@@ -94,7 +104,14 @@ def _values(group) -> dict[str, float]:
 
 
 def _evaluations(group) -> dict:
-    return {q.name: q.value for q in group.get_qualitative_evaluations()}
+    return {q.name.meaning: q.value for q in group.get_qualitative_evaluations()}
+
+
+def _qualitative_evaluations(sr) -> dict[str, Dataset]:
+    """The report's TID 1500 Qualitative Evaluations container: concept name meaning -> content item."""
+    container = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert len(container) == 1
+    return {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in container[0].ContentSequence}
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -122,7 +139,7 @@ def test_with_dicom_source(tmp_path: Path, keep: bool) -> None:
     assert source == before_ds and src_file.read_bytes() == before_bytes
     np.testing.assert_array_equal(sc.pixel_array, overlay)
     assert sc.PhotometricInterpretation == "RGB" and sc.BitsAllocated == 8 and sc.BurnedInAnnotation == "YES"
-    assert sc.SoftwareVersions == "9.9.9" and "research use only" in sc.SeriesDescription
+    assert sc.SoftwareVersions == "9.9.9" and "NOT FOR DIAGNOSTIC USE" in sc.SeriesDescription
     assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.PatientID == sr.PatientID
     assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
     for ds in (sc, sr):
@@ -180,11 +197,12 @@ def test_with_dicom_source(tmp_path: Path, keep: bool) -> None:
     assert values["Threshold Value"] == pytest.approx(0.42)
     assert values[DETECTOR_CONFIDENCE.meaning] == pytest.approx(0.91)
     evaluations = _evaluations(box_group)
-    assert evaluations[NASAL_BONE_FRACTURE] == codes.SCT.Present
-    assert evaluations[NASAL_BONE_DETECTED] == codes.SCT.Yes
-    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99NASAL"
+    assert evaluations[FRACTURE_OF_BONE.meaning] == codes.SCT.Present
+    assert evaluations[NASAL_BONE.meaning] == DETECTED
+    for ds in (sc, sr):  # the only private scheme, IHE's, is declared
+        assert [i.CodingSchemeDesignator for i in ds.CodingSchemeIdentificationSequence] == ["99IHE"]
 
-    region_group = sr.content.get_planar_roi_measurement_groups(finding_type=NASAL_BONE_FRACTURE)[0]
+    region_group = sr.content.get_planar_roi_measurement_groups(finding_type=FRACTURE_OF_BONE)[0]
     outline = region_group.roi.value
     np.testing.assert_allclose(outline[0], outline[-1])  # closed
     assert outline[:, 0].min() == pytest.approx(5, abs=0.5) and outline[:, 0].max() == pytest.approx(15, abs=0.5)
@@ -208,7 +226,7 @@ def test_without_source_new_study(tmp_path: Path) -> None:
     assert len(groups) == 1  # empty region mask: no fracture-region ROI
     np.testing.assert_allclose(groups[0].roi.value[[0, 2]], [[3.5, 4], [30, 50]])
     assert _values(groups[0])["Probability"] == pytest.approx(0.1)
-    assert _evaluations(groups[0])[NASAL_BONE_FRACTURE] == codes.SCT.Absent
+    assert _evaluations(groups[0])[FRACTURE_OF_BONE.meaning] == codes.SCT.Absent
 
 
 def test_no_box_still_writes_report(tmp_path: Path) -> None:
@@ -224,8 +242,8 @@ def test_no_box_still_writes_report(tmp_path: Path) -> None:
     groups = sr.content.get_image_measurement_groups()
     assert len(groups) == 1
     evaluations = _evaluations(groups[0])
-    assert evaluations[NASAL_BONE_DETECTED] == codes.SCT.No
-    assert evaluations[NASAL_BONE_FRACTURE] == codes.DCM.PresenceUndetermined
+    assert evaluations[NASAL_BONE.meaning] == NOT_DETECTED
+    assert evaluations[FRACTURE_OF_BONE.meaning] == codes.DCM.PresenceUndetermined
     assert "Probability" not in _values(groups[0])
     sources = {  # the group's source images and the image library: the SC and the source
         elem.value
@@ -266,3 +284,99 @@ def test_largest_region_outline_touching_border() -> None:
     np.testing.assert_allclose(outline[0], outline[-1])
     assert outline.min() >= 0 and outline[:, 0].max() <= 3 and outline[:, 1].max() <= 4
     assert largest_region_outline(np.zeros((4, 4), bool)) is None
+
+
+def _findings(finding: str, box: list[float] | None = BOX, probability: float | None = 0.5) -> dict:
+    """The findings dict with the keys of the two operating points (the region mask is not empty)."""
+    result = _result(box)
+    result.update(
+        fracture_probability=probability,
+        fracture=None if probability is None else probability >= 0.42,
+        finding=finding,
+        thresholds={"suspicious": 0.3, "fracture": 0.7},
+    )
+    if finding == "not assessable":
+        result["finding_reason"] = "no nasal bone found"
+    return result
+
+
+def _thresholds(group) -> dict[str, float]:
+    """Each Threshold Value of the group by the operating point its Algorithm Parameters item names."""
+    out = {}
+    for item in group[0].ContentSequence:
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "122411":
+            names = [i.TextValue for i in item.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111002"]
+            assert len(names) == 1
+            out[names[0]] = float(item.MeasuredValueSequence[0].NumericValue)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("finding", "value", "region"),
+    [
+        ("fracture", codes.SCT.Present, True),
+        ("suspicious", codes.SCT.Suspected, True),
+        ("no fracture", codes.SCT.Absent, False),  # a region mask that is not empty is still left out
+        ("not assessable", codes.DCM.PresenceUndetermined, False),
+    ],
+)
+def test_finding_operating_points_and_region(tmp_path: Path, finding: str, value, region: bool) -> None:
+    _, sr = _read(write_dicom_outputs(_overlay(), _findings(finding), tmp_path, "f"))
+    box_group = sr.content.get_planar_roi_measurement_groups(finding_type=NASAL_BONE)[0]
+    assert _evaluations(box_group)[FRACTURE_OF_BONE.meaning] == value
+    assert len(sr.content.get_planar_roi_measurement_groups(finding_type=FRACTURE_OF_BONE)) == int(region)
+    assert _thresholds(box_group) == {
+        "operating point: main": pytest.approx(0.42),
+        "operating point: suspicious": pytest.approx(0.3),
+        "operating point: fracture": pytest.approx(0.7),
+    }
+    # no probability on an image that is not assessable, even if the caller gave one
+    assert ("Probability" in _values(box_group)) == (finding != "not assessable")
+    evaluations = _qualitative_evaluations(sr)
+    assert evaluations[FRACTURE_OF_BONE.meaning].ConceptCodeSequence[0].CodeValue == value.value
+    comment = evaluations["Comment"].TextValue
+    assert f"finding: {finding}" in comment and "not for diagnostic use" in comment
+    assert "suspicious operating point 0.300; fracture operating point 0.700" in comment.lower()
+    assert ("no nasal bone found" in comment) == (finding == "not assessable")
+
+
+def test_not_assessable_without_box_or_probability(tmp_path: Path) -> None:
+    result = _findings("not assessable", box=None, probability=None)
+    _, sr = _read(write_dicom_outputs(_overlay(), result, tmp_path, "na", source=_source()))
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    (group,) = sr.content.get_image_measurement_groups()
+    assert _evaluations(group) == {
+        NASAL_BONE.meaning: NOT_DETECTED,
+        FRACTURE_OF_BONE.meaning: codes.DCM.PresenceUndetermined,
+    }
+    assert set(_values(group)) == {"Threshold Value", DETECTOR_CONFIDENCE.meaning}
+    comment = _qualitative_evaluations(sr)["Comment"].TextValue
+    assert comment.startswith("Nasal bone fracture AI finding: not assessable: no nasal bone found.")
+    assert "fracture probability" not in comment.lower()
+
+
+def test_unknown_finding_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown finding"):
+        write_dicom_outputs(_overlay(), _findings("maybe"), tmp_path, "x")
+
+
+def test_ihe_ai_results_conventions(tmp_path: Path) -> None:
+    source = _source()
+    source.BodyPartExamined = "SKULL"
+    for keep in (False, True):
+        sc, sr = _read(write_dicom_outputs(_overlay(), _result(), tmp_path / str(keep), "x", source, keep))
+        assert sr.VerificationFlag == "UNVERIFIED"
+        for ds in (sc, sr):
+            assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription and ds.ContentQualification == "RESEARCH"
+            (algorithm,) = [
+                item
+                for item in ds.ContributingEquipmentSequence
+                if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+            ]
+            assert algorithm.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+            assert algorithm.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Algorithm"
+            assert algorithm.ManufacturerModelName == "nasal-fracture-bundle"
+            assert algorithm.SoftwareVersions == bundle_version() != "unknown"  # the bundle's version by default
+        assert sc.BodyPartExamined == "SKULL" and "Laterality" not in sc  # the source's body part
+    sc, _ = _read(write_dicom_outputs(_overlay(), _result(), tmp_path / "png", "x"))
+    assert sc.BodyPartExamined == "HEAD" and "Laterality" not in sc

@@ -15,14 +15,20 @@ Patient identity follows one rule for both objects, ``keep_patient_identity`` (t
   objects say so: PatientIdentityRemoved ``YES``, DeidentificationMethod (``DEIDENTIFICATION_METHOD``) and its code
   (DCM 113100, Basic Application Confidentiality Profile), LongitudinalTemporalInformationModified ``REMOVED``. Kept
   from the source: its pixels (the overlay is drawn on them; text burnt into the input image is not removed, so the
-  Clean Pixel Data Option is not claimed), the image size, Pixel Spacing and Patient Orientation. The only dates are
-  those of the objects' creation (instance creation, content, and the SC's date of secondary capture).
+  Clean Pixel Data Option is not claimed), the image size, Pixel Spacing, Patient Orientation and Body Part Examined.
+  The only dates are those of the objects' creation (instance creation, content, and the SC's date of secondary
+  capture).
 - Without a usable DICOM source (PNG or NIfTI input, or a DICOM file without its UIDs): a new study as in the
   de-identified mode; the de-identification attributes are added when a DICOM source was given.
 
 In neither mode are the source's equipment (institution, station, device), its other modules or its private
 attributes copied. The source dataset is only read, never modified. The SR, its coordinates and its codes are built
 in ``dicom_sr.py``.
+
+Both objects follow the IHE AI Results conventions of ``dicom_sr.py`` (the algorithm in the Contributing Equipment
+Sequence, "NOT FOR DIAGNOSTIC USE" in the series description, Content Qualification ``RESEARCH``) and pass
+dicom3tools' ``dciodvfy`` without errors (``tests/test_dicom_validators.py``): the SC has a Body Part Examined (the
+source's, else ``HEAD``), so General Series' Laterality (type 2C) is rightly absent for the unpaired nasal bones.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,12 +48,14 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .dicom_sr import MANUFACTURER, PROJECT_NAME, build_structured_report
+from .dicom_sr import MANUFACTURER, PROJECT_NAME, add_algorithm_equipment, build_structured_report, bundle_version
 
 logger = logging.getLogger(__name__)
 
-SC_SERIES_DESCRIPTION = "Nasal bone fracture AI overlay (research use only)"
+SC_SERIES_DESCRIPTION = "Nasal fracture AI overlay - NOT FOR DIAGNOSTIC USE (research)"  # LO: 64 at most
 SC_SERIES_NUMBER = 9901
+DEFAULT_BODY_PART = "HEAD"  # PS3.16 Annex L defined term (SCT 69536005 "Head")
+CODE_STRING = re.compile(r"[A-Z0-9_ ]{0,15}[A-Z0-9_]")  # a valid CS value (16 characters at most)
 ANON_PATIENT_NAME = ""  # type 2: empty
 ANON_PATIENT_ID = "ANON"
 # what highdicom's from_ref_dataset copies (with the flag); the rest of the two modules follows when highdicom
@@ -81,9 +90,13 @@ def write_dicom_outputs(
     stem: str,
     source: Dataset | None = None,
     keep_patient_identity: bool = False,
-    model_version: str = "0.1.0",
+    model_version: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``<stem>_sc.dcm`` (overlay) and ``<stem>_sr.dcm`` (findings) to ``out_dir`` and return their paths."""
+    """Write ``<stem>_sc.dcm`` (overlay) and ``<stem>_sr.dcm`` (findings) to ``out_dir`` and return their paths.
+
+    ``result`` is the findings dict of ``dicom_sr.build_structured_report``; ``model_version`` defaults to the bundle's
+    version (``configs/metadata.json``)."""
+    model_version = bundle_version() if model_version is None else str(model_version)
     overlay = _check_overlay(overlay_rgb)
     usable = _usable_source(source, overlay.shape[:2])
     out_dir = Path(out_dir)
@@ -146,6 +159,9 @@ def build_secondary_capture(
             mark_deidentified(sc)
     if _patient_orientation(source) is None:
         sc.PatientOrientation = None  # type 2: empty means unknown (the placeholder only satisfied highdicom)
+    # General Series: with the body part, Laterality (type 2C) may be absent, as it is for an unpaired body part
+    sc.BodyPartExamined = _body_part(source)
+    add_algorithm_equipment(sc, model_version)  # IHE AIR: the algorithm in the Contributing Equipment Sequence
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = "Input X-ray with the AI nasal bone box and suspected fracture region drawn on it"
     sc.ImageComments = "Research use only; not for diagnostic use"
@@ -227,6 +243,12 @@ def _identity_reference(header: Dataset) -> Dataset:
     if ref.get("PatientSex") not in (None, "", "M", "F", "O"):
         del ref.PatientSex  # highdicom only accepts M/F/O; copy_patient_and_study_information restores the value
     return ref
+
+
+def _body_part(source: Dataset | None) -> str:
+    """The source's Body Part Examined when it has one, else ``DEFAULT_BODY_PART`` (the bundle reads head X-rays)."""
+    value = source.get("BodyPartExamined") if source is not None else None
+    return value if isinstance(value, str) and CODE_STRING.fullmatch(value) else DEFAULT_BODY_PART
 
 
 def _pixel_spacing(source: Dataset | None) -> tuple[float, float] | None:
