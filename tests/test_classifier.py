@@ -194,6 +194,11 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
     assert info["crop_size"] == 64 and info["box_source"] == "landmarks" and info["threshold_rule"] == "youden"
     assert info["validation"]["tp"] + info["validation"]["fn"] > 0  # chosen on validation crops with fractures
     assert info["intensity"] == INTENSITY_CONVENTION  # how its images were loaded (inference checks it)
+    assert info["calibration"]["method"] == "temperature" and info["calibration"]["fitted_on"] == "validation"
+    points = info["operating_points"]  # chosen on validation, on the calibrated probabilities
+    assert points["suspicious"]["validation"]["sensitivity"] >= 0.95
+    assert points["fracture"]["validation"]["specificity"] >= 0.95
+    assert points["suspicious"]["threshold"] <= points["fracture"]["threshold"]
     assert latest_checkpoint(out / "classifier" / "checkpoints").endswith("checkpoint_epoch=1.pt")
     assert (out / "classifier" / "best_network.pt").is_file()
 
@@ -205,6 +210,14 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
     assert ev["bootstrap"]["unit"] == "patient" and ev["bootstrap"]["n_resamples"] == 50
     assert set(ev["metrics"]) >= {"roc_auc", "accuracy", "sensitivity", "specificity", "brier"}
     assert (out / "classifier" / "evaluation_roc.png").is_file()
+    assert ev["temperature"] == info["calibration"]["temperature"] and {"ece", "brier"} <= set(ev["calibration_before"])
+    assert ev["thresholds"] == {k: points[k]["threshold"] for k in ("suspicious", "fracture")}
+    for name in ("suspicious", "fracture"):
+        point = ev["operating_points"][name]
+        assert {"value", "ci_low", "ci_high"} <= set(point["sensitivity"]) and "value" in point["specificity"]
+    assert sum(n for f in ev["findings"].values() for n in f.values()) == ev["n_images"]
+    assert (out / "classifier" / "evaluation_calibration_before.csv").is_file()
+    assert ev["by_format"]  # per format at the main threshold, on the calibrated probabilities
 
     # a finished run resumes from its checkpoint, trains no further and exports the same network
     _run(("classifier.yaml",), overrides)

@@ -160,3 +160,56 @@ def test_metrics_by_group_of_one_group_are_the_overall_figures() -> None:
     overall = binary_metrics(Y, S, 0.5)
     figures = ("roc_auc", "accuracy", "sensitivity", "specificity")
     assert only == pytest.approx({"n_images": 6, "n_fractures": 3, **{k: overall[k] for k in figures}})
+
+
+def test_specificity_threshold_is_the_lowest_that_reaches_it() -> None:
+    t, info = choose_threshold(Y, S, "specificity", target_specificity=0.6)
+    assert t == pytest.approx(0.3) and info["specificity"] == pytest.approx(2 / 3) and info["sensitivity"] == 1.0
+    t, info = choose_threshold(Y, S, "specificity", target_specificity=1.0)
+    assert t == pytest.approx(0.65) and info["specificity"] == 1.0
+    with pytest.raises(ValueError, match="target_specificity"):
+        choose_threshold(Y, S, "specificity")
+
+
+def test_evaluate_binary_reports_calibration_before_after_and_operating_points(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60)
+    logit = 3.0 * (2.0 * y - 1.0 + rng.normal(0, 1.2, 60))  # over-confident
+    raw, calibrated = 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-logit / 3.0))
+    points = {"suspicious": 0.2, "fracture": 0.8}
+    out = evaluate_binary(
+        y, calibrated, np.arange(60) // 2, 0.5, tmp_path, n_resamples=50, score_before=raw, operating_points=points
+    )
+    assert out["calibration_before"]["ece"] > out["calibration"]["ece"]
+    for name, t in points.items():
+        point = out["operating_points"][name]
+        assert point["threshold"] == t and point["confusion"] == confusion(y, calibrated, t)
+        for k in ("sensitivity", "specificity"):
+            assert point[k]["ci_low"] <= point[k]["value"] <= point[k]["ci_high"]
+            assert point[k]["value"] == pytest.approx(binary_metrics(y, calibrated, t)[k])
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["figures"]["reliability_table_before"] == "evaluation_calibration_before.csv"
+    assert (tmp_path / "evaluation_calibration_before.csv").stat().st_size > 0
+    plain = evaluate_binary(y, calibrated, np.arange(60) // 2, 0.5, tmp_path / "plain", n_resamples=10)
+    assert "operating_points" not in plain and "calibration_before" not in plain
+
+
+def test_format_breakdown_of_a_calibrated_result_reads_the_logits(tmp_path) -> None:
+    from PIL import Image
+
+    from scripts.evaluation_report import add_format_breakdown
+
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    logit = [-4.0, -1.0, 1.0, 4.0]
+    collected = {
+        "pred": [0.9, 0.9, 0.9, 0.9],  # uncalibrated probabilities; not what the calibrated threshold is on
+        "logit": logit,
+        "label": [0, 0, 1, 1],
+        "source_image": ["a.png"] * 4,
+    }
+    result = {"threshold": 0.5, "temperature": 4.0}
+    out = add_format_breakdown(result, collected, tmp_path, tmp_path)
+    (only,) = out["by_format"].values()
+    assert only["accuracy"] == 1.0  # sigmoid(logit / 4) >= 0.5 for the two fractures only
+    with pytest.raises(KeyError, match="logit"):
+        add_format_breakdown(result, {k: v for k, v in collected.items() if k != "logit"}, tmp_path, tmp_path)

@@ -31,6 +31,9 @@ JSON_KEYS = {
     "fracture_probability",
     "fracture",
     "threshold",
+    "logit",
+    "finding",
+    "thresholds",
     "region_mask",
     "heatmap",
     "overlay",
@@ -60,11 +63,15 @@ def _check_outputs(out: Path, found: bool) -> None:
             assert not Path(rec[key]).is_absolute() and (out / rec[key]).is_file()
         assert np.asarray(Image.open(out / rec["heatmap"])).shape == shape
         assert set(np.unique(np.asarray(Image.open(out / rec["region_mask"])))) <= {0, 255}
+        assert rec["thresholds"] == {"suspicious": 0.4, "fracture": 0.4}  # weights without the calibration step
         if found:
             assert len(rec["nasal_bone_box"]) == 4 and 0 <= rec["fracture_probability"] <= 1
             assert rec["fracture"] == (rec["fracture_probability"] >= rec["threshold"])
+            assert rec["fracture_probability"] == pytest.approx(1 / (1 + np.exp(-rec["logit"])))  # temperature 1
+            assert rec["finding"] == ("fracture" if rec["fracture"] else "no fracture")
         else:
             assert rec["nasal_bone_box"] is None and rec["fracture_probability"] is None and rec["fracture"] is None
+            assert rec["finding"] == "not assessable" and rec["finding_reason"] == "no nasal bone found"
 
 
 @pytest.mark.parametrize("run_id", ["inference", None])
@@ -83,6 +90,9 @@ def test_run_inference_in_process_with_dicom_outputs(models, inputs, tmp_path) -
     run_inference(inputs, out, models, device="cpu", dicom_out=True, tracking_uri=f"sqlite:///{tmp_path}/m.db")
     rec = json.loads((out / "xray0.json").read_text())
     assert set(rec) >= JSON_KEYS and set(rec["dicom"]) == {"secondary_capture", "structured_report"}
+    assert rec["nasal_bone_box"] is None and rec["finding"] == "not assessable"  # the untrained detector finds none
+    assert rec["finding_reason"] == "no nasal bone found" and rec["logit"] is None
+    assert not np.asarray(Image.open(out / rec["region_mask"])).any()
     assert "error" in json.loads((out / "broken.json").read_text())
     from mlflow.tracking import MlflowClient
 
@@ -229,3 +239,92 @@ def test_require_weights_names_every_damaged_or_foreign_file(models, tmp_path) -
     assert "classifier.pt: expected a 'nasal-fracture-classifier/2' checkpoint" in message
     assert "gdc2.pt" not in message and message.endswith("retrain or copy it again")
     assert set(require_weights(models)) == {"detector", "classifier", "gdc2"}
+
+
+def _item(tmp_path: Path, logit: float, found: bool = True) -> dict:
+    """One decollated item as the writer receives it: a 200x240 image, its box, C's logit and an all-ones crop map."""
+    ones = torch.ones(1, 16, 16)
+    return {
+        "xray": torch.rand(1, 200, 240),
+        "path": str(tmp_path / "x.png"),
+        "name": "x.png",
+        "stem": f"x{logit}",
+        "box": np.array([90.0, 90.0, 170.0, 170.0]),
+        "detector_box": np.array([100.0, 95.0, 160.0, 165.0]),
+        "detector_confidence": 0.9 if found else 0.01,
+        "box_source": "detector" if found else "none",
+        "pred": {"pred": torch.tensor([logit]), "heatmap": 0.7 * ones, "region": ones.bool()},
+    }
+
+
+def test_finding_from_the_calibrated_probability_and_region_only_from_the_suspicious_point(tmp_path) -> None:
+    """temperature 2, suspicious 0.3, fracture 0.7, main threshold 0.5: each finding, its JSON, PNGs and overlay."""
+    from scripts.inference_writer import WriteFractureOutputsd
+
+    writer = WriteFractureOutputsd(
+        tmp_path, threshold=0.5, temperature=2.0, thresholds={"suspicious": 0.3, "fracture": 0.7}
+    )
+    expected = {-4.0: "no fracture", -1.0: "suspicious", 1.0: "suspicious", 4.0: "fracture"}
+    for logit, finding in expected.items():
+        rec = writer(_item(tmp_path, logit))["record"]
+        assert rec["logit"] == logit and rec["fracture_probability"] == pytest.approx(1 / (1 + np.exp(-logit / 2)))
+        assert rec["finding"] == finding and "finding_reason" not in rec
+        assert rec["fracture"] == (logit > 0)  # the main threshold (0.5), whatever the finding
+        assert rec["threshold"] == 0.5 and rec["thresholds"] == {"suspicious": 0.3, "fracture": 0.7}
+        region = np.asarray(Image.open(tmp_path / rec["region_mask"]))
+        heat = np.asarray(Image.open(tmp_path / rec["heatmap"]))
+        assert region.shape == heat.shape == (200, 240)
+        assert region.any() == heat.any() == (finding != "no fracture")  # empty below the suspicious point
+    overlays = {f: np.asarray(Image.open(tmp_path / f"x{z}_overlay.png")) for z, f in expected.items()}
+    box = overlays["fracture"][95, 100:161]  # the box's top edge: solid for a fracture, dashed when suspicious
+    dashed = overlays["suspicious"][95, 100:161]
+    assert (box == (230, 40, 40)).all(axis=-1).all() and (dashed == (255, 150, 30)).all(axis=-1).any()
+    assert not (dashed == (255, 150, 30)).all(axis=-1).all()
+
+    rec = writer(_item(tmp_path, 9.0, found=False))["record"]
+    assert rec["finding"] == "not assessable" and rec["finding_reason"] == "no nasal bone found"
+    assert rec["fracture_probability"] is None and rec["logit"] is None
+    assert not np.asarray(Image.open(tmp_path / rec["region_mask"])).any()
+
+
+def test_calibrated_weights_end_to_end(models, inputs, tmp_path) -> None:
+    """A classifier.pt with a temperature and two operating points: the bundle's JSON, PNGs and summary use them."""
+    from monai.bundle import ConfigWorkflow
+
+    from scripts.classifier import load_classifier, save_classifier
+
+    weights = tmp_path / "models"
+    weights.mkdir()
+    for name in ("detector.pt", "gdc2.pt"):
+        (weights / name).write_bytes((models / name).read_bytes())
+    net, info = load_classifier(models / "classifier.pt")
+    info = {k: v for k, v in info.items() if k not in ("config", "threshold")}
+    info["calibration"] = {"method": "temperature", "temperature": 2.0}
+    info["operating_points"] = {"suspicious": {"threshold": 0.9999}, "fracture": {"threshold": 0.99999}}
+    save_classifier(weights / "classifier.pt", net, 0.4, info)
+    out = tmp_path / "out"
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIG),
+        meta_file=str(META),
+        logging_file=False,
+        workflow_type="infer",
+        input_dir=str(inputs),
+        output_dir=str(out),
+        models_dir=str(weights),
+        device=torch.device("cpu"),
+        tracking_uri=f"sqlite:///{tmp_path}/m.db",
+        **{DETECT.removeprefix("--"): 0.0},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    with open(out / "summary.csv", newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    for i in range(2):
+        rec = json.loads((out / f"xray{i}.json").read_text())
+        assert set(rec) >= JSON_KEYS and rec["temperature"] == 2.0
+        assert rec["thresholds"] == {"suspicious": 0.9999, "fracture": 0.99999} and rec["threshold"] == 0.4
+        assert rec["fracture_probability"] == pytest.approx(1 / (1 + np.exp(-rec["logit"] / 2)))
+        assert rec["finding"] == "no fracture" and rows[f"xray{i}.png"]["finding"] == "no fracture"
+        assert not np.asarray(Image.open(out / rec["region_mask"])).any()  # below the suspicious point: empty
+        assert not np.asarray(Image.open(out / rec["heatmap"])).any()

@@ -1,9 +1,11 @@
-"""Stage 2's ends: export C with its operating threshold (validation split), and evaluate it on the test split.
+"""Stage 2's ends: export C with its calibration and operating points (validation split), evaluate it on test.
 
-- ``export_classifier``: the best weights of training (Ignite ``CheckpointSaver`` file), the threshold chosen on the
-  validation split (``evaluation.choose_threshold``), written with ``save_classifier`` as ``classifier.pt``.
-- ``evaluate_classifier``: C's outputs on the evaluated split at its stored threshold, through
-  ``evaluation.evaluate_binary`` (patient-level bootstrap, calibration, figures).
+- ``export_classifier``: the best weights of training (Ignite ``CheckpointSaver`` file); on the validation split the
+  calibration step (``evaluation.fit_temperature``: temperature scaling), then, on the calibrated probabilities, the
+  main threshold (``evaluation.choose_threshold``) and the ``suspicious`` and ``fracture`` operating points
+  (``evaluation.operating_points``); written with ``save_classifier`` as ``classifier.pt``.
+- ``evaluate_classifier``: C's calibrated outputs on the evaluated split at its stored thresholds, through
+  ``evaluation_report.evaluate_binary`` (patient-level bootstrap, calibration before and after, figures).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from torch import nn
 
 from .checkpoint import state_dict_from
 from .classifier import save_classifier
-from .evaluation import choose_threshold
+from .evaluation import (
+    choose_threshold,
+    finding_counts,
+    fit_temperature,
+    operating_points,
+    sigmoid,
+    stored_calibration,
+    temperature_figures,
+)
 from .evaluation_report import evaluate_binary
 from .imageio import INTENSITY_CONVENTION
 
@@ -26,13 +36,15 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: str | torch.device) -> dict[str, list]:
-    """Fracture probabilities of every batch of ``loader`` (dicts with ``image``, ``label``, ``patient_id``)."""
+    """Fracture logits and (uncalibrated) probabilities of every batch of ``loader`` (dicts with ``image``,
+    ``label``, ``patient_id``)."""
     was_training = model.training
     model.eval()
-    out: dict[str, list] = {"prob": [], "label": [], "patient_id": []}
+    out: dict[str, list] = {"logit": [], "prob": [], "label": [], "patient_id": []}
     for batch in loader:
-        prob = torch.sigmoid(model(batch["image"].to(device))).flatten().cpu()
-        out["prob"] += prob.tolist()
+        logit = model(batch["image"].to(device)).float().flatten().cpu()
+        out["logit"] += logit.tolist()
+        out["prob"] += torch.sigmoid(logit).tolist()
         out["label"] += [int(v) for v in torch.as_tensor(batch["label"]).flatten().tolist()]
         out["patient_id"] += list(batch["patient_id"])
     model.train(was_training)
@@ -55,14 +67,27 @@ def export_classifier(
     rule: str = "youden",
     target_sensitivity: float | None = None,
     extra: dict | None = None,
+    calibration: str = "temperature",
+    suspicious_sensitivity: float = 0.95,
+    fracture_specificity: float = 0.95,
 ) -> Path:
-    """Load the best weights (if saved), choose the threshold on the validation split, write ``classifier.pt``."""
+    """Load the best weights (if saved); on the validation split fit the calibration (``"temperature"``, or
+    ``"none"``: T = 1), then choose the main threshold and the two operating points on the calibrated
+    probabilities; write ``classifier.pt``."""
     if Path(best_path).is_file():
         network.load_state_dict(state_dict_from(best_path))
     else:
         logger.warning("%s not found: exporting the last weights", best_path)
     val = predict_loader(network, val_loader, device)
-    threshold, figures = choose_threshold(val["label"], val["prob"], rule, target_sensitivity)
+    if calibration == "temperature":
+        fitted = fit_temperature(val["label"], val["logit"])
+    elif calibration == "none":
+        fitted = temperature_figures(val["label"], val["logit"], 1.0)
+    else:
+        raise ValueError(f"calibration must be 'temperature' or 'none', got '{calibration}'")
+    prob = sigmoid(val["logit"], fitted["temperature"]).tolist()  # every threshold below is on this scale
+    threshold, figures = choose_threshold(val["label"], prob, rule, target_sensitivity)
+    points = operating_points(val["label"], prob, suspicious_sensitivity, fracture_specificity)
     crops = crops_info(crops_csv)
     info = {
         "crop_size": int(crops.get("size", 0)) or None,
@@ -71,6 +96,13 @@ def export_classifier(
         "threshold_rule": rule,
         "target_sensitivity": target_sensitivity,
         "validation": {k: v for k, v in figures.items() if k not in ("rule", "target_sensitivity")},
+        "calibration": {
+            "method": calibration,
+            "fitted_on": "validation",
+            "thresholds_on": "calibrated probability sigmoid(logit / temperature)",
+            **fitted,
+        },
+        "operating_points": points,
         "n_validation_images": len(val["label"]),
         "intensity": INTENSITY_CONVENTION,  # how its images were loaded; inference warns if it loads otherwise
         **(extra or {}),
@@ -78,12 +110,18 @@ def export_classifier(
 
     path = save_classifier(out_path, network, threshold, info)
     logger.info(
-        "classifier: threshold %.4f (%s on %d validation crops: sensitivity %.3f, specificity %.3f) -> %s",
+        "classifier: temperature %.3f (validation ECE %.3f -> %.3f); threshold %.4f (%s on %d validation crops: "
+        "sensitivity %.3f, specificity %.3f); suspicious %.4f, fracture %.4f -> %s",
+        fitted["temperature"],
+        fitted["ece_before"],
+        fitted["ece_after"],
         threshold,
         rule,
         len(val["label"]),
         figures["sensitivity"],
         figures["specificity"],
+        points["suspicious"]["threshold"],
+        points["fracture"]["threshold"],
         path,
     )
     return path
@@ -98,9 +136,11 @@ def evaluate_classifier(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """Write ``evaluation.json`` (+ ROC and calibration PNGs) for C's outputs on ``split`` at its stored threshold.
+    """Write ``evaluation.json`` (+ ROC and calibration PNGs) for C's outputs on ``split`` at its stored thresholds.
 
-    ``collected`` holds per-crop ``pred`` (probability), ``label`` and ``patient_id`` (``OutputCollector``).
+    ``collected`` holds per-crop ``logit``, ``label`` and ``patient_id`` (``OutputCollector``). The figures are those
+    of the calibrated probability ``sigmoid(logit / temperature)`` at the main threshold, plus each operating
+    point's sensitivity and specificity, the findings' counts and the calibration before and after.
     Raises if C was trained on another crop size than the crops evaluated.
     """
     crops = crops_info(crops_csv)
@@ -109,8 +149,12 @@ def evaluate_classifier(
             f"classifier was trained on {info['crop_size']} px crops but {crops_csv} holds "
             f"{crops['size']} px crops: set crop_size to {info['crop_size']}"
         )
-    prob = [float(p[0] if isinstance(p, list) else p) for p in collected["pred"]]
+    logit = [float(z[0] if isinstance(z, list) else z) for z in collected["logit"]]
     label = [int(round(float(y[0] if isinstance(y, list) else y))) for y in collected["label"]]
+    stored = stored_calibration(info)
+    if not stored["calibrated"]:
+        logger.warning("classifier.pt has no calibration step (older weights): temperature 1, both points = threshold")
+    raw, prob = sigmoid(logit).tolist(), sigmoid(logit, stored["temperature"]).tolist()
     extra = {
         "stage": "classifier",
         "split": split,
@@ -121,6 +165,12 @@ def evaluate_classifier(
         "threshold_rule": info.get("threshold_rule"),
         "threshold_chosen_on": "validation",
         "validation_at_threshold": info.get("validation"),
+        "temperature": stored["temperature"],
+        "calibration_method": info.get("calibration", {}).get("method", "none (older weights)"),
+        "probability": "calibrated: sigmoid(logit / temperature)",
+        "thresholds": stored["thresholds"],
+        "findings": finding_counts(label, prob, stored["thresholds"]),
+        "validation_operating_points": info.get("operating_points"),
         "model": info.get("config"),
     }
     return evaluate_binary(
@@ -133,5 +183,7 @@ def evaluate_classifier(
         n_resamples=n_resamples,
         seed=seed,
         extra=extra,
-        title="Classifier C, test split",
+        title=f"Classifier C, {split} split",
+        score_before=raw,
+        operating_points=stored["thresholds"],
     )

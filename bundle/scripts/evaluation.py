@@ -8,7 +8,17 @@ evaluates through ``evaluation_report.evaluate_binary``. Conventions:
 - The threshold is chosen on the validation split only (``choose_threshold``) and applied unchanged
   to the test split. Rule ``"youden"``: maximise Youden's J = sensitivity + specificity - 1 over the
   midpoints between consecutive distinct validation scores; ties go to the lower threshold. Rule
-  ``"sensitivity"``: the highest such threshold whose validation sensitivity is at least ``target``.
+  ``"sensitivity"``: the highest such threshold whose validation sensitivity is at least ``target`` (the best
+  specificity that reaches it), lowered as far as that specificity holds (more sensitivity for free); rule
+  ``"specificity"``: the lowest whose validation specificity is at least ``target``, raised as far as its
+  sensitivity holds. On a validation split the network separates, both end at Youden's threshold.
+- Calibration step (``fit_temperature``): temperature scaling, p = sigmoid(logit / T), one parameter fitted on the
+  validation split by minimising the log loss against Platt's targets ((n+ + 1) / (n+ + 2) for fractures,
+  1 / (n- + 2) for normals), so that a validation split the network separates perfectly still gives a finite T.
+  Monotonic: ranking, AUC and every threshold's split of the images are unchanged; thresholds are stated on the
+  calibrated probability.
+- Two operating points (``operating_points``), on the calibrated validation probabilities: ``suspicious`` (rule
+  ``"sensitivity"``) and ``fracture`` (rule ``"specificity"``); ``finding`` names an image's side of them.
 - Confidence intervals come from a patient-level bootstrap: each resample draws patients with
   replacement (as many as there are) and takes all of their images, so the two views of one patient
   never count as independent evidence. 95% percentile intervals, ``n_resamples=2000``, seeded.
@@ -127,13 +137,26 @@ def candidate_thresholds(score: Sequence[float]) -> np.ndarray:
     return np.concatenate([[low], mids, [high]])
 
 
+def _check_target(rule: str, name: str, target: float | None) -> float:
+    if target is None or not 0 < target <= 1:
+        raise ValueError(f"threshold rule '{rule}' needs {name} in (0, 1], got {target}")
+    return float(target)
+
+
 def choose_threshold(
-    y: Sequence[int], score: Sequence[float], rule: str = "youden", target_sensitivity: float | None = None
+    y: Sequence[int],
+    score: Sequence[float],
+    rule: str = "youden",
+    target_sensitivity: float | None = None,
+    target_specificity: float | None = None,
 ) -> tuple[float, dict]:
     """Pick the operating threshold on validation data; return ``(threshold, figures at it)``.
 
     ``rule="youden"``: maximise sensitivity + specificity - 1, ties to the lower threshold.
-    ``rule="sensitivity"``: the highest threshold with sensitivity >= ``target_sensitivity``.
+    ``rule="sensitivity"``: the best specificity with sensitivity >= ``target_sensitivity``; of the thresholds that
+    give it, the lowest (the best sensitivity).
+    ``rule="specificity"``: the best sensitivity with specificity >= ``target_specificity``; of the thresholds that
+    give it, the highest (the best specificity).
     """
     y = np.asarray(y).astype(int)
     if y.min() == y.max():
@@ -146,16 +169,18 @@ def choose_threshold(
         j = sens + spec - 1
         i = int(np.flatnonzero(j >= j.max() - 1e-12)[0])  # thresholds ascend: the first is the lowest
     elif rule == "sensitivity":
-        if target_sensitivity is None or not 0 < target_sensitivity <= 1:
-            raise ValueError(f"rule 'sensitivity' needs target_sensitivity in (0, 1], got {target_sensitivity}")
-        ok = np.flatnonzero(sens >= target_sensitivity - 1e-12)
-        i = int(ok[-1])  # the highest threshold that still reaches the target: the best specificity
+        ok = sens >= _check_target(rule, "target_sensitivity", target_sensitivity) - 1e-12
+        i = int(np.flatnonzero(ok & (spec >= spec[ok].max() - 1e-12))[0])  # thresholds ascend: the lowest of the best
+    elif rule == "specificity":
+        ok = spec >= _check_target(rule, "target_specificity", target_specificity) - 1e-12
+        i = int(np.flatnonzero(ok & (sens >= sens[ok].max() - 1e-12))[-1])  # the highest of the best
     else:
-        raise ValueError(f"threshold rule must be 'youden' or 'sensitivity', got '{rule}'")
+        raise ValueError(f"threshold rule must be 'youden', 'sensitivity' or 'specificity', got '{rule}'")
     t = float(thresholds[i])
     info = {
         "rule": rule,
         "target_sensitivity": target_sensitivity,
+        **({"target_specificity": target_specificity} if rule == "specificity" else {}),
         "threshold": t,
         "youden_j": float(sens[i] + spec[i] - 1),
         **binary_metrics(y, score, t),
@@ -243,6 +268,137 @@ def calibration(y: Sequence[int], score: Sequence[float], n_bins: int = 10) -> d
             }
         )
     return {"brier": float(np.mean((s_arr - y_arr) ** 2)), "ece": float(ece), "n_bins": n_bins, "bins": bins}
+
+
+def sigmoid(logit: Sequence[float] | float, temperature: float = 1.0) -> np.ndarray:
+    """The (temperature-scaled) probability ``sigmoid(logit / temperature)``, via ``torch.sigmoid``."""
+    return torch.sigmoid(torch.as_tensor(np.asarray(logit, dtype=np.float64)) / float(temperature)).numpy()
+
+
+def fit_temperature(y: Sequence[int], logit: Sequence[float], bounds: tuple[float, float] = (0.05, 20.0)) -> dict:
+    """Temperature scaling fitted on ``(y, logit)`` (the validation split): ``{"temperature", "nll_before",
+    "nll_after", "ece_before", "ece_after", "at_bound"}`` (log loss and ECE against the true labels).
+
+    T minimises the mean binary cross-entropy (``torch``'s, with logits) of ``logit / T`` against Platt's targets
+    ((n+ + 1) / (n+ + 2) for y = 1, 1 / (n- + 2) for y = 0): with hard 0/1 targets a split the network separates
+    perfectly would drive T to 0. The loss is convex in 1 / T, so a bounded one-dimensional search (scipy's
+    ``minimize_scalar``) over 1 / T in ``[1 / bounds[1], 1 / bounds[0]]`` finds its minimum; ``at_bound`` says T
+    ended on a bound (e.g. a network whose logits do not depend on the image).
+    """
+    from scipy.optimize import minimize_scalar
+
+    y_arr = np.asarray(y, dtype=np.float64)
+    z = torch.as_tensor(np.asarray(logit, dtype=np.float64))
+    if y_arr.size == 0 or y_arr.min() == y_arr.max():
+        raise ValueError("fitting a temperature needs both classes in the validation labels")
+    n_pos, n_neg = y_arr.sum(), (1 - y_arr).sum()
+    target = torch.as_tensor(np.where(y_arr > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2)))
+
+    def loss(inverse_t: float) -> float:
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(z * inverse_t, target))
+
+    low, high = 1 / bounds[1], 1 / bounds[0]
+    inverse_t = float(minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-6}).x)
+    return {
+        **temperature_figures(y_arr, z.numpy(), 1 / inverse_t),
+        "at_bound": bool(min(inverse_t - low, high - inverse_t) < 1e-4 * high),
+    }
+
+
+def temperature_figures(y: Sequence[int], logit: Sequence[float], temperature: float) -> dict:
+    """``temperature`` with the log loss (hard 0/1 labels) and ECE of ``(y, logit)`` before and after it."""
+    y_t = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    z = torch.as_tensor(np.asarray(logit, dtype=np.float64))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    return {
+        "temperature": float(temperature),
+        "nll_before": float(bce(z, y_t)),
+        "nll_after": float(bce(z / temperature, y_t)),
+        "ece_before": calibration(y, sigmoid(z, 1.0))["ece"],
+        "ece_after": calibration(y, sigmoid(z, temperature))["ece"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Two operating points and the finding they give
+# ----------------------------------------------------------------------------------------------
+
+FINDINGS = ("fracture", "suspicious", "no fracture", "not assessable")
+
+
+def operating_points(
+    y: Sequence[int], probability: Sequence[float], suspicious_sensitivity: float, fracture_specificity: float
+) -> dict[str, dict]:
+    """``suspicious`` (rule ``"sensitivity"``: the best specificity with sensitivity >= ``suspicious_sensitivity``)
+    and ``fracture`` (rule ``"specificity"``: the best sensitivity with specificity >= ``fracture_specificity``) on
+    validation ``probability``; each ``{"threshold", "target", "validation": figures}``.
+
+    Where the two targets overlap (the suspicious threshold above the fracture one), ``suspicious`` is lowered to
+    ``fracture``'s threshold, where its sensitivity is at least as high: the suspicious band is then empty.
+    """
+    t_s, v_s = choose_threshold(y, probability, "sensitivity", target_sensitivity=suspicious_sensitivity)
+    t_f, v_f = choose_threshold(y, probability, "specificity", target_specificity=fracture_specificity)
+    if t_s > t_f:
+        logger.info("suspicious threshold %.4f above the fracture threshold %.4f: lowered to it", t_s, t_f)
+        t_s, v_s = t_f, {**v_s, **binary_metrics(y, probability, t_f), **confusion(y, probability, t_f)}
+    drop = ("rule", "target_sensitivity", "target_specificity", "threshold", "youden_j")
+    return {
+        "suspicious": {
+            "threshold": t_s,
+            "target": {"sensitivity": float(suspicious_sensitivity)},
+            "validation": {k: v for k, v in v_s.items() if k not in drop},
+        },
+        "fracture": {
+            "threshold": t_f,
+            "target": {"specificity": float(fracture_specificity)},
+            "validation": {k: v for k, v in v_f.items() if k not in drop},
+        },
+    }
+
+
+def finding(probability: float | None, thresholds: dict[str, float]) -> str:
+    """``"fracture"`` at or above ``thresholds["fracture"]``, ``"suspicious"`` at or above ``thresholds["suspicious"]``,
+    else ``"no fracture"``; ``"not assessable"`` without a probability (no nasal bone found)."""
+    if probability is None:
+        return "not assessable"
+    if probability >= thresholds["fracture"]:
+        return "fracture"
+    return "suspicious" if probability >= thresholds["suspicious"] else "no fracture"
+
+
+def finding_counts(y: Sequence[int], probability: Sequence[float], thresholds: dict[str, float]) -> dict[str, dict]:
+    """How many fractures and normals each finding holds: ``{finding: {"fractures": n, "normals": n}}``."""
+    found = [finding(float(p), thresholds) for p in probability]
+    labels = np.asarray(y).astype(int)
+    return {
+        name: {
+            "fractures": int(sum(f == name and v == 1 for f, v in zip(found, labels, strict=True))),
+            "normals": int(sum(f == name and v == 0 for f, v in zip(found, labels, strict=True))),
+        }
+        for name in FINDINGS[:3]
+    }
+
+
+def stored_calibration(info: dict) -> dict:
+    """``{"temperature", "thresholds": {"suspicious", "fracture"}, "calibrated"}`` of a ``classifier.pt``'s info.
+
+    Weights written before the calibration step have neither: temperature 1 and both operating points at the
+    main ``threshold`` (``calibrated`` False; the caller warns).
+    """
+    cal, points = info.get("calibration"), info.get("operating_points")
+    if not cal or not points:
+        t = float(info["threshold"])
+        return {"temperature": 1.0, "thresholds": {"suspicious": t, "fracture": t}, "calibrated": False}
+    return {
+        "temperature": float(cal["temperature"]),
+        "thresholds": {k: float(points[k]["threshold"]) for k in ("suspicious", "fracture")},
+        "calibrated": True,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Collecting an engine's outputs
+# ----------------------------------------------------------------------------------------------
 
 
 class OutputCollector:

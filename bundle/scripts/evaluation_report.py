@@ -1,6 +1,7 @@
 """The evaluation report of a binary classifier: ``evaluate_binary`` writes the metrics (``evaluation.py``) with
-patient-bootstrap CIs as JSON, the ROC curve with its operating point and the reliability diagram;
-``add_format_breakdown`` adds the same figures per file format of the source images (``by_format``)."""
+patient-bootstrap CIs as JSON, the ROC curve with its operating points and the reliability diagram (before and after
+the calibration step, when given both); ``add_format_breakdown`` adds the same figures per file format of the source
+images (``by_format``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation import binary_metrics, bootstrap_ci, calibration, confusion, confusion_sentence, metrics_by_group
+from .evaluation import (
+    binary_metrics,
+    bootstrap_ci,
+    calibration,
+    confusion,
+    confusion_sentence,
+    metrics_by_group,
+    sigmoid,
+)
 from .file_formats import file_format
 
 logger = logging.getLogger(__name__)
@@ -28,8 +37,16 @@ def roc_curve(y: Sequence[int], score: Sequence[float]) -> tuple[np.ndarray, np.
     return fpr, tpr, thresholds
 
 
-def plot_roc(path: str | Path, y, score, threshold: float, ci: dict | None = None, title: str = "ROC") -> Path:
-    """ROC curve PNG with the AUC (and CI) in the legend and the operating point marked."""
+def plot_roc(
+    path: str | Path,
+    y,
+    score,
+    threshold: float,
+    ci: dict | None = None,
+    title: str = "ROC",
+    points: dict[str, float] | None = None,
+) -> Path:
+    """ROC curve PNG with the AUC (and CI) in the legend, the operating point and the named ``points`` marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,6 +67,16 @@ def plot_roc(path: str | Path, y, score, threshold: float, ci: dict | None = Non
         color="C3",
         label=f"threshold {threshold:.3f}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}",
     )
+    for k, (name, t) in enumerate((points or {}).items()):
+        p = binary_metrics(y, score, t)
+        ax.plot(
+            1 - p["specificity"],
+            p["sensitivity"],
+            "sD^v"[k % 4],
+            mfc="none",
+            color=f"C{4 + k}",
+            label=f"{name} {t:.3f}: sens {p['sensitivity']:.2f}, spec {p['specificity']:.2f}",
+        )
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
@@ -58,8 +85,11 @@ def plot_roc(path: str | Path, y, score, threshold: float, ci: dict | None = Non
     return Path(path)
 
 
-def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = "Calibration") -> Path:
-    """Reliability diagram (observed fracture rate per bin vs mean predicted) over a histogram of scores."""
+def plot_calibration(
+    path: str | Path, y, score, n_bins: int = 10, title: str = "Calibration", before: Sequence[float] | None = None
+) -> Path:
+    """Reliability diagram (observed fracture rate per bin vs mean predicted) over a histogram of scores; with
+    ``before`` (the scores before the calibration step) its curve too, dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,12 +101,23 @@ def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = 
         2, 1, figsize=(4.5, 5.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="perfect calibration")
+    if before is not None:
+        raw = calibration(y, before, n_bins)
+        raw_bins = [b for b in raw["bins"] if b["count"]]
+        ax.plot(
+            [b["mean_predicted"] for b in raw_bins],
+            [b["observed_rate"] for b in raw_bins],
+            "s--",
+            color="C1",
+            mfc="none",
+            label=f"before calibration: Brier {raw['brier']:.3f}, ECE {raw['ece']:.3f}",
+        )
     ax.plot(
         [b["mean_predicted"] for b in bins],
         [b["observed_rate"] for b in bins],
         "o-",
         color="C0",
-        label=f"Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}",
+        label=f"{'calibrated: ' if before is not None else ''}Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}",
     )
     for b in bins:
         ax.annotate(
@@ -105,6 +146,30 @@ def plot_calibration(path: str | Path, y, score, n_bins: int = 10, title: str = 
 # ----------------------------------------------------------------------------------------------
 
 
+def _write_table(path: Path, rows: list[dict]) -> str:
+    """``rows`` (the reliability bins) as a CSV table; returns the file's name."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path.name
+
+
+def operating_point_figures(
+    y: np.ndarray, score: np.ndarray, patient_ids: Sequence, threshold: float, n_resamples: int, seed: int
+) -> dict:
+    """Sensitivity and specificity at ``threshold`` with their patient-bootstrap CIs, and the confusion counts."""
+    ci = bootstrap_ci(y, score, patient_ids, threshold, n_resamples, seed)
+    counts = confusion(y, score, threshold)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": ci["sensitivity"],
+        "specificity": ci["specificity"],
+        "confusion": counts,
+        "confusion_text": confusion_sentence(counts),
+    }
+
+
 def evaluate_binary(
     y: Sequence[int],
     score: Sequence[float],
@@ -117,23 +182,39 @@ def evaluate_binary(
     n_bins: int = 10,
     extra: dict | None = None,
     title: str = "",
+    score_before: Sequence[float] | None = None,
+    operating_points: dict[str, float] | None = None,
 ) -> dict:
     """Metrics with patient-bootstrap CIs, confusion, calibration; writes ``<name>.json``, ROC and calibration PNGs
-    and the reliability table ``<name>_calibration.csv`` into ``out_dir``."""
+    and the reliability table ``<name>_calibration.csv`` into ``out_dir``.
+
+    ``score_before``: the same images' scores before the calibration step (``score`` is after): their calibration
+    as ``calibration_before`` and ``<name>_calibration_before.csv``, their curve on the reliability diagram.
+    ``operating_points``: named thresholds (``{"suspicious": t1, "fracture": t2}``), each with its sensitivity and
+    specificity (patient-bootstrap CIs, the same resamples as the main threshold's) and confusion counts.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y_arr, s_arr = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
     counts = confusion(y_arr, s_arr, threshold)
     ci = bootstrap_ci(y_arr, s_arr, patient_ids, threshold, n_resamples, seed)
+    points = {
+        k: operating_point_figures(y_arr, s_arr, patient_ids, t, n_resamples, seed)
+        for k, t in (operating_points or {}).items()
+    }
     cal = calibration(y_arr, s_arr, n_bins)
-    roc_png = plot_roc(out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip())
-    cal_png = plot_calibration(
-        out / f"{name}_calibration.png", y_arr, s_arr, n_bins, title=f"{title} calibration".strip()
+    roc_png = plot_roc(
+        out / f"{name}_roc.png", y_arr, s_arr, threshold, ci, title=f"{title} ROC".strip(), points=operating_points
     )
-    with open(out / f"{name}_calibration.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(cal["bins"][0]))
-        writer.writeheader()
-        writer.writerows(cal["bins"])
+    cal_png = plot_calibration(
+        out / f"{name}_calibration.png", y_arr, s_arr, n_bins, title=f"{title} calibration".strip(), before=score_before
+    )
+    tables = {"reliability_table": _write_table(out / f"{name}_calibration.csv", cal["bins"])}
+    before = {}
+    if score_before is not None:
+        raw = calibration(y_arr, score_before, n_bins)
+        before = {"calibration_before": {k: v for k, v in raw.items() if k != "bins"}}
+        tables["reliability_table_before"] = _write_table(out / f"{name}_calibration_before.csv", raw["bins"])
     result = {
         **(extra or {}),
         "threshold": float(threshold),
@@ -144,7 +225,9 @@ def evaluate_binary(
         "metrics": ci,
         "confusion": counts,
         "confusion_text": confusion_sentence(counts),
+        **({"operating_points": points} if points else {}),
         "calibration": {k: v for k, v in cal.items() if k != "bins"},
+        **before,
         "bootstrap": {
             "unit": "patient",
             "n_resamples": n_resamples,
@@ -152,7 +235,7 @@ def evaluate_binary(
             "level": 0.95,
             "interval": "percentile",
         },
-        "figures": {"roc": roc_png.name, "calibration": cal_png.name, "reliability_table": f"{name}_calibration.csv"},
+        "figures": {"roc": roc_png.name, "calibration": cal_png.name, **tables},
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     logger.info(
@@ -193,11 +276,18 @@ def add_format_breakdown(
     write ``<name>_by_format.csv``.
 
     ``collected`` holds per-item ``pred`` (probability), ``label`` and ``source_image`` (the image's path relative to
-    ``dataset_dir``, as ``crops.csv`` records it); each image is grouped by ``file_formats.file_format``.
+    ``dataset_dir``, as ``crops.csv`` records it); each image is grouped by ``file_formats.file_format``. When
+    ``result`` has a ``temperature`` (the calibration step's), the probability is ``sigmoid(logit / temperature)``
+    of the collected ``logit``, the scale its threshold is on.
     """
     if "source_image" not in collected:
         raise KeyError("add_format_breakdown needs 'source_image' in the collected outputs (OutputCollector keys)")
-    prob = [_scalar(p) for p in collected["pred"]]
+    if "temperature" in result:
+        if "logit" not in collected:
+            raise KeyError("a calibrated result needs 'logit' in the collected outputs (OutputCollector keys)")
+        prob = sigmoid([_scalar(z) for z in collected["logit"]], result["temperature"]).tolist()
+    else:
+        prob = [_scalar(p) for p in collected["pred"]]
     label = [int(round(_scalar(y))) for y in collected["label"]]
     formats = [file_format(Path(dataset_dir) / s) for s in collected["source_image"]]
     out = Path(out_dir)

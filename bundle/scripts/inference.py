@@ -4,9 +4,10 @@ The bundle's ``configs/inference.yaml`` wires MONAI components (``LoadImaged`` w
 detector as ``DetectNasalBoned``, a ``SupervisedEvaluator`` with ``FractureInferer`` and the writer of
 ``scripts.inference_writer``); this module holds the helpers the config calls and ``run_inference``,
 the same workflow from Python. For each input image ``OUT/<stem>.json`` holds ``nasal_bone_box``,
-``detector_confidence``, ``fracture_probability``, ``fracture``, ``threshold``, ``region_mask`` /
-``heatmap`` / ``overlay`` (PNG paths relative to OUT), or ``error``; ``OUT/summary.csv`` lists every file. Input
-files are named by their path relative to the input folder in every output, log and MLflow record.
+``detector_confidence``, ``logit``, ``fracture_probability`` (calibrated), ``fracture``, ``threshold``, ``finding``,
+``thresholds``, ``region_mask`` / ``heatmap`` / ``overlay`` (PNG paths relative to OUT), or ``error``;
+``OUT/summary.csv`` lists every file. Input files are named by their path relative to the input folder in every
+output, log and MLflow record.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import torch
 
 from . import checkpoint
 from .detector import CHECKPOINT_FORMAT as DETECTOR_FORMAT
+from .evaluation import finding, sigmoid, stored_calibration
 from .geometry import crop_box, paste_back, squarify
 from .imageio import INTENSITY_CONVENTION, SUFFIXES, _suffix, image_format, one_line
+from .inference_engine import NOT_FOUND
 from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
@@ -53,37 +56,46 @@ class FracturePipeline:
         weights = require_weights(models_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.detector = NasalBoneDetector(weights["detector"], device=self.device)
-        self.classifier, info = load_classifier(weights["classifier"], self.device)
-        self.threshold = float(info["threshold"])
+        self.classifier, _ = load_classifier(weights["classifier"], self.device)
+        info = classifier_info(weights["classifier"])
+        self.threshold, self.temperature, self.thresholds = info["threshold"], info["temperature"], info["thresholds"]
         self.crop_size = int(info.get("crop_size", 128))
         self.localiser = load_region_model(weights["gdc2"], self.device)
 
     @torch.no_grad()
     def __call__(self, image01: np.ndarray) -> dict[str, Any]:
-        """Results for one ``(rows, cols)`` image in [0, 1]; maps are on the image's grid."""
+        """Results for one ``(rows, cols)`` image in [0, 1]; maps are on the image's grid (empty below the
+        ``suspicious`` point, as the bundle writes them; computed all the same, so timings are the worst case)."""
         box, conf = self.detector.predict(image01)
         out: dict[str, Any] = {
             "nasal_bone_box": None,
             "detector_confidence": float(conf),
+            "logit": None,
             "fracture_probability": None,
             "fracture": None,
             "threshold": self.threshold,
+            "finding": finding(None, self.thresholds),
+            "thresholds": dict(self.thresholds),
             "heatmap": np.zeros(image01.shape, np.float32),
             "region": np.zeros(image01.shape, bool),
         }
         if box is None:
-            return out
+            return {**out, "finding_reason": NOT_FOUND}
         square = squarify(box)
         crop = torch.from_numpy(crop_box(image01, square, self.crop_size))[None, None].to(self.device)
-        prob = float(torch.sigmoid(self.classifier(crop)).item())
+        logit = float(self.classifier(crop).item())
+        prob = float(sigmoid(logit, self.temperature))
         heat, region = region_map(self.localiser, crop)
         out.update(
             nasal_bone_box=[round(float(v), 1) for v in box],
+            logit=logit,
             fracture_probability=prob,
             fracture=prob >= self.threshold,
-            heatmap=paste_back(heat[0, 0].cpu().numpy(), square, image01.shape),
-            region=paste_back(region[0, 0].float().cpu().numpy(), square, image01.shape, order=0) > 0.5,
+            finding=finding(prob, self.thresholds),
         )
+        if out["finding"] != "no fracture":
+            out["heatmap"] = paste_back(heat[0, 0].cpu().numpy(), square, image01.shape)
+            out["region"] = paste_back(region[0, 0].float().cpu().numpy(), square, image01.shape, order=0) > 0.5
         return out
 
 
@@ -186,13 +198,22 @@ def require_weights(models_dir: str | Path) -> dict[str, str]:
 
 
 def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``config`` (FractureClassifier args), ``threshold`` and ``crop_size`` stored in ``classifier.pt``.
+    """``config`` (FractureClassifier args), ``threshold``, ``temperature``, ``thresholds`` (``suspicious`` and
+    ``fracture``) and ``crop_size`` stored in ``classifier.pt``; every threshold is on the calibrated probability
+    ``sigmoid(logit / temperature)``.
 
     Without the file: ``defaults`` (or ``DEFAULT_CLASSIFIER``), threshold 0.5 and 128 px crops, matching
-    ``metadata.json``'s network_data_format, so MONAI's bundle tools can build the network before training.
+    ``metadata.json``'s network_data_format, so MONAI's bundle tools can build the network before training. Weights
+    written before the calibration step: temperature 1 and both operating points at ``threshold``, with a warning.
     """
     if not Path(path).is_file():
-        return {"config": dict(defaults or DEFAULT_CLASSIFIER), "threshold": 0.5, "crop_size": 128}
+        return {
+            "config": dict(defaults or DEFAULT_CLASSIFIER),
+            "threshold": 0.5,
+            "temperature": 1.0,
+            "thresholds": {"suspicious": 0.5, "fracture": 0.5},
+            "crop_size": 128,
+        }
     ckpt = checkpoint.read(path, checkpoint.CLASSIFIER_FORMAT)
     info = ckpt["info"]
     if info.get("intensity") != INTENSITY_CONVENTION:
@@ -203,9 +224,19 @@ def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) ->
             info.get("intensity", "container bit-depth scaling, before the robust window"),
             INTENSITY_CONVENTION,
         )
+    calibrated = stored_calibration(info)
+    if not calibrated["calibrated"]:
+        logger.warning(
+            "%s has no calibration step or operating points (older weights): probabilities uncalibrated "
+            "(temperature 1), suspicious = fracture = threshold %.4f; retrain for both",
+            Path(path).name,
+            float(info["threshold"]),
+        )
     return {
         "config": dict(ckpt["networks"]["classifier"]["config"]),
         "threshold": float(info["threshold"]),
+        "temperature": calibrated["temperature"],
+        "thresholds": calibrated["thresholds"],
         "crop_size": int(info.get("crop_size", 128)),
     }
 

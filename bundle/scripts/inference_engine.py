@@ -18,6 +18,7 @@ from .imageio import XrayReadError, one_line
 from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
+NOT_FOUND = "no nasal bone found"  # the `finding_reason` of a "not assessable" image without a nasal bone box
 
 
 def error_message(err: BaseException, name: str = "", path: str = "") -> str:

@@ -1,7 +1,10 @@
 """Per-image outputs of the inference bundle (postprocessing transform) and the run's summary (evaluator handler).
 
-``WriteFractureOutputsd`` pastes the crop maps back onto the input's grid and writes ``<stem>.json``, the region,
-heatmap and overlay PNGs and (optionally) DICOM SC + SR; ``InferenceSummary`` appends each file's row to
+``WriteFractureOutputsd`` turns C's logit into the calibrated probability (the temperature stored with the weights)
+and the ``finding`` (the two operating points stored with them), pastes the crop maps back onto the input's grid
+(only for a ``fracture`` or ``suspicious`` finding; below the ``suspicious`` point the region mask and heatmap are
+written empty) and writes ``<stem>.json``, the region, heatmap and overlay PNGs and (optionally) DICOM SC + SR;
+``InferenceSummary`` appends each file's row to
 ``summary.csv`` as soon as it is done and logs the run to MLflow when the evaluator completes. No failure here stops
 the batch: it becomes the file's one-line ``error`` (or ``dicom_error``, when only the DICOM copies failed). Input
 files are named by their path relative to the input folder (``name``), never by their absolute path.
@@ -24,9 +27,10 @@ from ignite.engine import Engine, Events
 from monai.transforms import MapTransform
 from PIL import Image
 
+from .evaluation import FINDINGS, finding, sigmoid
 from .geometry import paste_back
 from .imageio import image_format
-from .inference_engine import error_message
+from .inference_engine import NOT_FOUND, error_message
 from .visualise import overlay
 
 logger = logging.getLogger("nasal.inference")
@@ -35,12 +39,29 @@ SUMMARY_COLUMNS = (
     "status",
     "nasal_bone_box",
     "detector_confidence",
+    "logit",
     "fracture_probability",
     "fracture",
     "threshold",
+    "finding",
     "output",
     "error",
     "dicom_error",
+)
+
+
+# the JSON's findings, in this order (``finding_reason`` only for "not assessable"), then the output files
+RECORD_KEYS = (
+    "nasal_bone_box",
+    "detector_confidence",
+    "logit",
+    "fracture_probability",
+    "fracture",
+    "threshold",
+    "finding",
+    "finding_reason",
+    "thresholds",
+    "temperature",
 )
 
 
@@ -82,13 +103,19 @@ def _write_dicom(picture, res: dict, path: Path, out_dir: Path, stem: str, keep_
 
 
 class WriteFractureOutputsd(MapTransform):
-    """Postprocessing of one decollated item: maps back on the input grid, JSON + PNGs (+ DICOM) written.
+    """Postprocessing of one decollated item: calibrated probability and finding, maps back on the input grid,
+    JSON + PNGs (+ DICOM) written.
 
     Reads ``image_key`` (the full image, channel first), ``pred`` (``FractureInferer``'s logit and crop maps),
     ``box``, ``detector_box``, ``detector_confidence``, ``box_source``, ``path``, ``name`` and ``stem``. An item
     with ``error``, or any failure here, becomes ``{"image", "error"}``; a failing DICOM output keeps the findings
     and adds ``dicom_error``; a JSON that cannot be written adds ``error`` to the summary's row. Adds ``record``
     (what the JSON holds; ``image`` is ``name``) and ``record_file`` (the JSON's name, empty if not written).
+
+    Args:
+        threshold: the main operating threshold (``fracture`` = probability >= it).
+        temperature: the calibration step's: probability = ``sigmoid(logit / temperature)``.
+        thresholds: ``{"suspicious": t1, "fracture": t2}`` for ``finding``; None: both at ``threshold``.
     """
 
     def __init__(
@@ -98,10 +125,15 @@ class WriteFractureOutputsd(MapTransform):
         image_key: str = "xray",
         dicom_out: bool = False,
         keep_patient_identity: bool = False,
+        temperature: float = 1.0,
+        thresholds: dict[str, float] | None = None,
     ) -> None:
         super().__init__(keys=image_key)
         self.out, self.threshold, self.image_key = Path(output_dir), float(threshold), image_key
         self.dicom_out, self.keep_identity = bool(dicom_out), bool(keep_patient_identity)
+        self.temperature = float(temperature)
+        points = thresholds or {"suspicious": self.threshold, "fracture": self.threshold}
+        self.thresholds = {k: float(points[k]) for k in ("suspicious", "fracture")}
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
@@ -133,35 +165,49 @@ class WriteFractureOutputsd(MapTransform):
             return message
         return None
 
-    def _write(self, d: dict[str, Any], path: Path, name: str, stem: str) -> dict[str, Any]:
-        image = _numpy(d[self.image_key]).astype(np.float32)
-        image = image[0] if image.ndim == 3 else image
-        found = str(d.get("box_source")) != "none"
+    def findings(self, d: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+        """The item's findings and its maps on the input's ``shape``: a region and heatmap only for a ``fracture``
+        or ``suspicious`` finding (else all zero), ``finding_reason`` only for ``not assessable``."""
         res: dict[str, Any] = {
             "nasal_bone_box": None,
             "detector_confidence": float(_numpy(d["detector_confidence"])),
+            "logit": None,
             "fracture_probability": None,
             "fracture": None,
             "threshold": self.threshold,
-            "heatmap": np.zeros(image.shape, np.float32),
-            "region": np.zeros(image.shape, bool),
+            "finding": finding(None, self.thresholds),
+            "finding_reason": NOT_FOUND,
+            "thresholds": dict(self.thresholds),
+            "temperature": self.temperature,
+            "heatmap": np.zeros(shape, np.float32),
+            "region": np.zeros(shape, bool),
         }
-        if found:
+        if str(d.get("box_source")) == "none":
+            return res
+        pred = d["pred"]  # FractureInferer's {"pred": logit, "heatmap", "region"} for this item
+        logit = float(torch.as_tensor(pred["pred"]).float().flatten()[0])
+        if math.isnan(logit):
+            raise RuntimeError("the classifier gave no output for this image")
+        prob = float(sigmoid(logit, self.temperature))
+        res.update(
+            nasal_bone_box=[round(float(v), 1) for v in _numpy(d["detector_box"])],
+            logit=logit,
+            fracture_probability=prob,
+            fracture=prob >= self.threshold,
+            finding=finding(prob, self.thresholds),
+        )
+        del res["finding_reason"]
+        if res["finding"] in ("fracture", "suspicious"):  # below the suspicious point: no region, no heatmap
             square = _numpy(d["box"]).astype(float)  # the square box the crop was taken from
-            pred = d["pred"]  # FractureInferer's {"pred": logit, "heatmap", "region"} for this item
-            prob = float(torch.sigmoid(torch.as_tensor(pred["pred"]).float().flatten()[0]))
-            if math.isnan(prob):
-                raise RuntimeError("the classifier gave no output for this image")
-            res.update(
-                nasal_bone_box=[round(float(v), 1) for v in _numpy(d["detector_box"])],
-                fracture_probability=prob,
-                fracture=prob >= self.threshold,
-                heatmap=paste_back(_numpy(pred["heatmap"])[0].astype(np.float32), square, image.shape),
-                region=paste_back(_numpy(pred["region"])[0].astype(np.float32), square, image.shape, order=0) > 0.5,
-            )
-        record: dict[str, Any] = {"image": name}
-        for key in ("nasal_bone_box", "detector_confidence", "fracture_probability", "fracture", "threshold"):
-            record[key] = res[key]
+            res["heatmap"] = paste_back(_numpy(pred["heatmap"])[0].astype(np.float32), square, shape)
+            res["region"] = paste_back(_numpy(pred["region"])[0].astype(np.float32), square, shape, order=0) > 0.5
+        return res
+
+    def _write(self, d: dict[str, Any], path: Path, name: str, stem: str) -> dict[str, Any]:
+        image = _numpy(d[self.image_key]).astype(np.float32)
+        image = image[0] if image.ndim == 3 else image
+        res = self.findings(d, image.shape)
+        record: dict[str, Any] = {"image": name, **{k: res[k] for k in RECORD_KEYS if k in res}}
         _save_png(self.out / f"{stem}_region.png", res["region"].astype(np.uint8) * 255)
         _save_png(self.out / f"{stem}_heatmap.png", np.round(np.clip(res["heatmap"], 0, 1) * 255).astype(np.uint8))
         picture = overlay(
@@ -172,6 +218,9 @@ class WriteFractureOutputsd(MapTransform):
             res["threshold"],
             res["heatmap"],
             res["region"],
+            note=f"not assessable: {res['finding_reason']}" if "finding_reason" in res else "",
+            finding=res["finding"],
+            thresholds=res["thresholds"],
         )
         _save_png(self.out / f"{stem}_overlay.png", picture)
         record.update(
@@ -247,15 +296,16 @@ class InferenceSummary:
             self.rows.append(row)
             self._save_rows([row])
             prob = rec.get("fracture_probability")
-            found = "no nasal bone found" if prob is None else f"p={prob:.3f} fracture={rec['fracture']}"
-            outcome = rec.get("error") or f"{rec['image']}: {found}"  # an error names its file already
+            found = rec.get("finding_reason") if prob is None else f"p={prob:.3f} fracture={rec['fracture']}"
+            outcome = rec.get("error") or f"{rec['image']}: {rec.get('finding')} ({found})"  # an error names its file
             logger.info("[%d/%s] %s", len(self.rows), self.total or "?", outcome)
 
     def write(self, engine: Engine | None = None) -> Path:
         """Finish ``summary.csv`` (just its header if no evaluator ran) and log the run to MLflow.
 
-        The run's metrics: images, errors, DICOM-output errors, flagged, seconds per image; its artifact:
-        ``summary.csv``.
+        The run's metrics: images, errors, DICOM-output errors, flagged (at the main threshold), images per finding
+        (``finding_fracture``, ``finding_suspicious``, ``finding_no_fracture``, ``finding_not_assessable``),
+        seconds per image; its artifact: ``summary.csv``.
         """
         from .tracking import Tracker, default_tracking_uri, run_name
 
@@ -272,6 +322,7 @@ class InferenceSummary:
         tracker.params(run, self.params)
         flagged = sum(str(r["fracture"]) == "True" for r in self.rows)
         counts = {"images": n, "errors": errors, "dicom_errors": dicom_errors, "flagged_fracture": flagged}
+        counts |= {f"finding_{f.replace(' ', '_')}": sum(r["finding"] == f for r in self.rows) for f in FINDINGS}
         tracker.metrics(run, {**counts, "seconds_per_image": seconds})
         tracker.artifact(run, summary)
         tracker.end(run)

@@ -1,4 +1,4 @@
-"""Pictures a person looks at: the X-ray with the box, the probability and the suspected region."""
+"""Pictures a person looks at: the X-ray with the box, the finding, the probability and the suspected region."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_dilation
 
-RED, GREEN, YELLOW, CYAN = (230, 40, 40), (40, 200, 80), (250, 210, 40), (40, 200, 230)
+RED, GREEN, YELLOW, CYAN, ORANGE = (230, 40, 40), (40, 200, 80), (250, 210, 40), (40, 200, 230), (255, 150, 30)
+COLOURS = {"fracture": RED, "suspicious": ORANGE, "no fracture": GREEN, "not assessable": CYAN}
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -20,6 +21,27 @@ def to_rgb(image01: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
+def dashed_rectangle(draw: ImageDraw.ImageDraw, box, colour, width: int, dash: int) -> None:
+    """A rectangle outline of ``dash``-pixel dashes with equal gaps (Pillow draws only solid outlines)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    corners = np.array([(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)])
+    for a, b in zip(corners[:-1], corners[1:], strict=True):
+        length = float(np.abs(b - a).max())
+        for start in np.arange(0, length, 2 * dash):
+            p, q = a + (b - a) * start / length, a + (b - a) * min(start + dash, length) / length
+            draw.line([tuple(p), tuple(q)], fill=colour, width=width)
+
+
+def _caption(finding: str, probability: float, threshold: float | None, thresholds: dict | None) -> str:
+    """The overlay's first line: the finding, the probability and the threshold(s) it was read against."""
+    if thresholds is None:  # the single-threshold caption
+        verdict = "FRACTURE suspected" if finding == "fracture" else "no fracture"
+        return f"{verdict}  p={probability:.2f} (threshold {threshold:.2f})"
+    points = f"suspicious {thresholds['suspicious']:.2f}, fracture {thresholds['fracture']:.2f}"
+    verdict = {"fracture": "FRACTURE", "suspicious": "SUSPICIOUS"}.get(finding, finding)
+    return f"{verdict}  p={probability:.2f} ({points})"
+
+
 def overlay(
     image01: np.ndarray,
     box=None,
@@ -29,31 +51,42 @@ def overlay(
     heatmap: np.ndarray | None = None,
     region: np.ndarray | None = None,
     note: str = "",
+    finding: str | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """The X-ray with the nasal bone box, the fracture probability and (if flagged) the region drawn on it.
+    """The X-ray with the nasal bone box, the finding with its probability and (if flagged) the region drawn on it.
 
-    ``heatmap`` (same grid, [0, 1]) is blended in red inside the box; ``region`` (bool) is outlined
-    in yellow. Returns ``(rows, cols, 3)`` uint8 on the input's pixel grid.
+    ``finding`` (``"fracture"``, ``"suspicious"``, ``"no fracture"``, ``"not assessable"``; None: from ``fracture``)
+    sets the box: solid red for a fracture, dashed orange for suspicious, solid green for no fracture. For a
+    fracture or suspicious finding ``heatmap`` (same grid, [0, 1]) is blended in red inside the box and ``region``
+    (bool) outlined in yellow. ``thresholds`` (the two operating points) are named in the caption. Returns
+    ``(rows, cols, 3)`` uint8 on the input's pixel grid.
     """
+    if finding is None:
+        finding = "not assessable" if fracture is None else "fracture" if fracture else "no fracture"
+    flagged = finding in ("fracture", "suspicious")
     rgb = to_rgb(image01).astype(np.float32)
-    if heatmap is not None and fracture:
+    if heatmap is not None and flagged:
         alpha = 0.45 * np.clip(heatmap, 0, 1)[..., None]
         rgb = rgb * (1 - alpha) + np.array(RED, np.float32) * alpha
-    if region is not None and fracture and region.any():
+    if region is not None and flagged and region.any():
         width = max(1, round(min(image01.shape) / 300))
         edge = binary_dilation(region, iterations=width) & ~region
         rgb[edge] = YELLOW
     im = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     size = max(12, round(min(image01.shape) / 28))
-    colour = RED if fracture else GREEN if fracture is not None else CYAN
+    colour = COLOURS.get(finding, CYAN) if probability is not None else CYAN
     if box is not None:
-        draw.rectangle([float(v) for v in box], outline=colour, width=max(2, size // 8))
-    if probability is None:
-        text = note or "no nasal bone found"
-    else:
-        verdict = "FRACTURE suspected" if fracture else "no fracture"
-        text = f"{verdict}  p={probability:.2f} (threshold {threshold:.2f})"
+        if finding == "suspicious":
+            dashed_rectangle(draw, box, colour, max(2, size // 8), dash=max(4, size // 2))
+        else:
+            draw.rectangle([float(v) for v in box], outline=colour, width=max(2, size // 8))
+    text = (
+        (note or "no nasal bone found")
+        if probability is None
+        else _caption(finding, probability, threshold, thresholds)
+    )
     lines = [text, "research use only - not a diagnosis"]
     y = 4
     for line, fill in zip(lines, (colour, (200, 200, 200)), strict=True):
