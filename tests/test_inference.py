@@ -285,6 +285,9 @@ def test_finding_from_the_calibrated_probability_and_region_only_from_the_suspic
     assert rec["finding"] == "not assessable" and rec["finding_reason"] == "no nasal bone found"
     assert rec["fracture_probability"] is None and rec["logit"] is None
     assert not np.asarray(Image.open(tmp_path / rec["region_mask"])).any()
+    low = {**_item(tmp_path, 9.0, found=False), "not_assessable": "nasal bone box confidence 0.01 is below the floor"}
+    rec = writer(low)["record"]  # the detector's reason, when it gives one
+    assert rec["finding"] == "not assessable" and rec["finding_reason"] == low["not_assessable"]
 
 
 def test_calibrated_weights_end_to_end(models, inputs, tmp_path) -> None:

@@ -107,7 +107,8 @@ class WriteFractureOutputsd(MapTransform):
     JSON + PNGs (+ DICOM) written.
 
     Reads ``image_key`` (the full image, channel first), ``pred`` (``FractureInferer``'s logit and crop maps),
-    ``box``, ``detector_box``, ``detector_confidence``, ``box_source``, ``path``, ``name`` and ``stem``. An item
+    ``box``, ``detector_box``, ``detector_confidence``, ``box_source``, ``not_assessable`` (why there is no box, when
+    the detector gives it), ``path``, ``name`` and ``stem``. An item
     with ``error``, or any failure here, becomes ``{"image", "error"}``; a failing DICOM output keeps the findings
     and adds ``dicom_error``; a JSON that cannot be written adds ``error`` to the summary's row. Adds ``record``
     (what the JSON holds; ``image`` is ``name``) and ``record_file`` (the JSON's name, empty if not written).
@@ -167,7 +168,8 @@ class WriteFractureOutputsd(MapTransform):
 
     def findings(self, d: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
         """The item's findings and its maps on the input's ``shape``: a region and heatmap only for a ``fracture``
-        or ``suspicious`` finding (else all zero), ``finding_reason`` only for ``not assessable``."""
+        or ``suspicious`` finding (else all zero), ``finding_reason`` only for ``not assessable`` (the detector's
+        ``not_assessable``: no box, or one below its confidence floor)."""
         res: dict[str, Any] = {
             "nasal_bone_box": None,
             "detector_confidence": float(_numpy(d["detector_confidence"])),
@@ -176,7 +178,7 @@ class WriteFractureOutputsd(MapTransform):
             "fracture": None,
             "threshold": self.threshold,
             "finding": finding(None, self.thresholds),
-            "finding_reason": NOT_FOUND,
+            "finding_reason": str(d.get("not_assessable") or NOT_FOUND),
             "thresholds": dict(self.thresholds),
             "temperature": self.temperature,
             "heatmap": np.zeros(shape, np.float32),
