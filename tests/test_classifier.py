@@ -194,6 +194,7 @@ def test_stage_trains_exports_evaluates_and_resumes(tiny_dataset, tmp_path) -> N
     assert info["crop_size"] == 64 and info["box_source"] == "landmarks" and info["threshold_rule"] == "youden"
     assert info["validation"]["tp"] + info["validation"]["fn"] > 0  # chosen on validation crops with fractures
     assert info["intensity"] == INTENSITY_CONVENTION  # how its images were loaded (inference checks it)
+    assert set(info["crop_intensity"]) == {"mean", "std"}  # the validation crops' ranges (inference flags outliers)
     assert info["calibration"]["method"] == "temperature" and info["calibration"]["fitted_on"] == "validation"
     points = info["operating_points"]  # chosen on validation, on the calibrated probabilities
     assert points["suspicious"]["validation"]["sensitivity"] >= 0.95

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -38,7 +39,7 @@ JSON_KEYS = {
     "heatmap",
     "overlay",
 }
-DETECT = "--preprocessing#transforms#3#conf"  # DetectNasalBoned's confidence floor (0: an untrained detector finds)
+DETECT = "--preprocessing#transforms#4#conf"  # DetectNasalBoned's confidence floor (0: an untrained detector finds)
 
 
 def _bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -147,7 +148,10 @@ def test_bad_inputs_are_one_line_errors_and_the_batch_goes_on(models, tmp_path) 
     (src / "sub").mkdir(parents=True)
     Image.fromarray((np.random.default_rng(1).random((96, 80)) * 255).astype(np.uint8)).save(src / "sub" / "good.png")
     save_xray(src / "x", np.random.default_rng(2).random((80, 96)), "dcm").rename(src / uid)  # a PACS export name
-    (src / "lossy.dcm").write_bytes(Path(get_testdata_file("JPEG-lossy.dcm")).read_bytes())  # no 12-bit decoder
+    lossy_ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))  # no 12-bit decoder here
+    lossy_ds.Modality, lossy_ds.SOPClassUID = "CR", "1.2.840.10008.5.1.4.1.1.1"  # an NM file: as a radiograph
+    lossy_ds.BodyPartExamined = "SKULL"
+    lossy_ds.save_as(src / "lossy.dcm")  # (its compressed pixel data unchanged) so that it reaches the decoder
     Image.new("L", (7000, 7000)).save(src / "giant.png")  # 49 megapixels, over the default max_pixels
     (src / "notes").write_bytes(b"no suffix and not DICOM: skipped")
     (out / "good.json").mkdir(parents=True)  # good.json cannot be written

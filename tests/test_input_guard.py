@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from scripts.imageio import XrayReadError, save_xray
 from scripts.input_guard import CheckHeadRadiographd, check_input
@@ -61,3 +62,35 @@ def test_files_without_a_header_pass_and_the_transform_checks_paths(tmp_path) ->
     with pytest.raises(XrayReadError, match="Modality CT"):
         guard({"image": str(ct)})
     assert CheckHeadRadiographd(keys="image", allow_any_modality=True)({"image": str(ct)})["image"] == str(ct)
+
+
+def test_inference_refuses_a_ct_slice_and_goes_on(models, tmp_path) -> None:
+    """The inference config runs the guard first: a CT DICOM gets a one-line 'not assessed' error, a DX is assessed."""
+    import json
+
+    from scripts.inference import run_inference
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _dicom(folder, "ct", Modality="CT")
+    _dicom(folder, "dx")
+    out = tmp_path / "out"
+    run_inference(folder, out, models, device="cpu", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    ct, dx = (json.loads((out / f"{name}.json").read_text()) for name in ("ct", "dx"))
+    assert set(ct) == {"image", "error"} and "not assessed: Modality CT" in ct["error"]
+    assert "error" not in dx and dx["finding"] in ("fracture", "suspicious", "no fracture", "not assessable")
+
+
+def test_a_crop_unlike_the_validation_crops_is_flagged() -> None:
+    from scripts.input_guard import FlagCropIntensityd, intensity_warning
+
+    ranges = {"mean": [0.3, 0.5], "std": [0.1, 0.2]}
+    rng = np.random.default_rng(0)
+    usual = np.clip(0.4 + 0.15 * rng.standard_normal((32, 32)), 0, 1)
+    assert intensity_warning(usual, ranges) is None
+    white = np.full((32, 32), 0.95)  # e.g. a photograph's blown-out region, or an inverted X-ray
+    warning = intensity_warning(white, ranges)
+    assert warning and "mean 0.950 is far outside the validation crops' 0.300-0.500" in warning
+    flagged = FlagCropIntensityd(keys="crop", ranges=ranges)({"crop": torch.from_numpy(white)[None]})
+    assert flagged["warnings"] == [warning]
+    assert "warnings" not in FlagCropIntensityd(keys="crop", ranges={})({"crop": white})  # older weights: no check

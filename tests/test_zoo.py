@@ -78,7 +78,7 @@ def test_unpacked_bundle_runs_inference_with_nothing_from_the_repo(packaged: Pat
     assert all(Path(e).resolve().is_relative_to(REPO / ".venv") for e in repo_entries), repo_entries  # packages only
     out = tmp_path / "out"
     cmd = ["-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml", "--input_dir", str(inputs)]
-    cmd += ["--output_dir", str(out), "--preprocessing#transforms#3#conf", "0.0"]  # an untrained detector finds
+    cmd += ["--output_dir", str(out), "--preprocessing#transforms#4#conf", "0.0"]  # an untrained detector finds
     done = subprocess.run([sys.executable, *cmd], cwd=packaged, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rec = json.loads((out / "xray0.json").read_text())

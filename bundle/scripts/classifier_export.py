@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,8 +41,11 @@ def predict_loader(model: nn.Module, loader, device: str | torch.device) -> dict
     ``label``, ``patient_id``)."""
     was_training = model.training
     model.eval()
-    out: dict[str, list] = {"logit": [], "prob": [], "label": [], "patient_id": []}
+    out: dict[str, list] = {"logit": [], "prob": [], "label": [], "patient_id": [], "crop_mean": [], "crop_std": []}
     for batch in loader:
+        images = batch["image"].float()
+        out["crop_mean"] += images.flatten(1).mean(1).tolist()
+        out["crop_std"] += images.flatten(1).std(1).tolist()
         logit = model(batch["image"].to(device)).float().flatten().cpu()
         out["logit"] += logit.tolist()
         out["prob"] += torch.sigmoid(logit).tolist()
@@ -49,6 +53,17 @@ def predict_loader(model: nn.Module, loader, device: str | torch.device) -> dict
         out["patient_id"] += list(batch["patient_id"])
     model.train(was_training)
     return out
+
+
+def crop_intensity_range(means: list[float], stds: list[float]) -> dict[str, list[float]]:
+    """The 0.5th-99.5th percentile range of the validation crops' intensity mean and standard deviation: inference
+    flags a crop outside it (``scripts.inference_engine.intensity_warning``)."""
+    if not means:
+        return {}
+    return {
+        "mean": [float(v) for v in np.percentile(means, [0.5, 99.5])],
+        "std": [float(v) for v in np.percentile(stds, [0.5, 99.5])],
+    }
 
 
 def crops_info(crops_csv: str | Path) -> dict:
@@ -90,6 +105,7 @@ def export_classifier(
     points = operating_points(val["label"], prob, suspicious_sensitivity, fracture_specificity)
     crops = crops_info(crops_csv)
     info = {
+        "crop_intensity": crop_intensity_range(val["crop_mean"], val["crop_std"]),
         "crop_size": int(crops.get("size", 0)) or None,
         "box_source": crops.get("box_source", "unknown"),
         "box_margin": crops.get("margin"),

@@ -213,6 +213,7 @@ def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) ->
             "temperature": 1.0,
             "thresholds": {"suspicious": 0.5, "fracture": 0.5},
             "crop_size": 128,
+            "crop_intensity": {},
         }
     ckpt = checkpoint.read(path, checkpoint.CLASSIFIER_FORMAT)
     info = ckpt["info"]
@@ -238,6 +239,7 @@ def classifier_info(path: str | Path, defaults: dict[str, Any] | None = None) ->
         "temperature": calibrated["temperature"],
         "thresholds": calibrated["thresholds"],
         "crop_size": int(info.get("crop_size", 128)),
+        "crop_intensity": dict(info.get("crop_intensity") or {}),  # the validation crops' ranges (input_guard)
     }
 
 

@@ -62,6 +62,7 @@ RECORD_KEYS = (
     "finding_reason",
     "thresholds",
     "temperature",
+    "warnings",
 )
 
 
@@ -184,6 +185,8 @@ class WriteFractureOutputsd(MapTransform):
             "heatmap": np.zeros(shape, np.float32),
             "region": np.zeros(shape, bool),
         }
+        if d.get("warnings"):  # e.g. a crop unlike the validation crops (scripts.input_guard.FlagCropIntensityd)
+            res["warnings"] = [str(w) for w in d["warnings"]]
         if str(d.get("box_source")) == "none":
             return res
         pred = d["pred"]  # FractureInferer's {"pred": logit, "heatmap", "region"} for this item

@@ -14,6 +14,10 @@ and refused, with a one-line reason in its JSON and no probability, when
 Attributes that are absent do not refuse a file (many exports drop them). PNG, JPEG and NIfTI carry none of this;
 for them (and for every input) the detector's confidence floor, chosen on validation, is the guard: below it the
 finding is "not assessable". ``allow_any_modality`` (``--allow_any_modality True``) turns this check off.
+
+A nasal bone crop whose intensity mean or standard deviation lies far outside what the validation crops had
+(``FlagCropIntensityd``: beyond their 0.5th-99.5th percentile range widened by half its width on each side,
+stored in ``classifier.pt``) keeps its finding but gets a one-line ``warnings`` entry in its JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
@@ -70,6 +75,44 @@ def check_input(path: str | Path, allow_any_modality: bool = False) -> None:
     reason = refusal(header)
     if reason:
         raise XrayReadError(path, f"not assessed: {reason}; pass --allow_any_modality True to run it anyway")
+
+
+def intensity_warning(crop: np.ndarray, ranges: dict[str, list[float]]) -> str | None:
+    """A one-line warning if the crop's mean or standard deviation is far outside the validation crops' ``ranges``
+    (``{"mean": [lo, hi], "std": [lo, hi]}``; widened by half their width each side), else None."""
+    stats = {"mean": float(np.mean(crop)), "std": float(np.std(crop))}
+    for name, value in stats.items():
+        if name not in ranges:
+            continue
+        lo, hi = (float(v) for v in ranges[name])
+        margin = 0.5 * (hi - lo)
+        if not lo - margin <= value <= hi + margin:
+            return (
+                f"crop intensity {name} {value:.3f} is far outside the validation crops' {lo:.3f}-{hi:.3f}: "
+                "the image may not be like the training data"
+            )
+    return None
+
+
+class FlagCropIntensityd(MapTransform):
+    """Inference preprocessing, after the crop: append ``intensity_warning`` to ``warnings`` when it applies.
+
+    ``ranges``: the validation crops' intensity ranges stored in ``classifier.pt`` (empty: no check).
+    """
+
+    def __init__(self, keys: KeysCollection = "crop", ranges: dict | None = None, warnings_key: str = "warnings"):
+        super().__init__(keys)
+        self.ranges, self.warnings_key = dict(ranges or {}), warnings_key
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            crop = d[key]
+            crop = crop.detach().cpu().numpy() if hasattr(crop, "detach") else np.asarray(crop)
+            warning = intensity_warning(crop, self.ranges) if self.ranges else None
+            if warning:
+                d[self.warnings_key] = [*d.get(self.warnings_key, []), warning]
+        return d
 
 
 class CheckHeadRadiographd(MapTransform):
