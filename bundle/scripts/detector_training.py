@@ -106,7 +106,7 @@ def choose_confidence_floor(weights: str | Path, data_yaml: str | Path, device=N
             correct.append(conf)
     floor = float(np.percentile(correct, FLOOR_PERCENTILE)) if correct else 0.0
     details = {
-        "rule": f"{FLOOR_PERCENTILE:g}th percentile of the confidences of correct validation boxes (IoU >= 0.5)",
+        "rule": f"percentile {FLOOR_PERCENTILE:g} of the confidences of correct validation boxes (IoU >= 0.5)",
         "validation_images": len(images),
         "correct_boxes": len(correct),
     }
