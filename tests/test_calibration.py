@@ -166,3 +166,28 @@ def test_old_weights_load_with_temperature_one_and_both_points_at_the_threshold(
     (warning,) = [r.getMessage() for r in caplog.records if "calibration" in r.getMessage()]
     assert "\n" not in warning and "classifier.pt" in warning and "retrain" in warning
     assert stored_calibration({"threshold": 0.3})["calibrated"] is False
+
+
+def test_the_main_threshold_never_contradicts_the_finding() -> None:
+    """Youden's threshold can fall outside [suspicious, fracture]; it is moved in, so `fracture` and `finding` agree."""
+    import numpy as np
+
+    from scripts.classifier_export import within_operating_points
+    from scripts.evaluation import choose_threshold, finding, operating_points, sigmoid
+
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(50):
+        y = [1] * 40 + [0] * 60
+        prob = sigmoid(np.r_[rng.normal(1.5, 1, 40), rng.normal(-1.5, 1, 60)]).tolist()
+        t, figures = choose_threshold(y, prob, "youden")
+        points = operating_points(y, prob, 0.95, 0.95)
+        t2, figures2 = within_operating_points(y, prob, t, figures, points)
+        low, high = points["suspicious"]["threshold"], points["fracture"]["threshold"]
+        assert low <= t2 <= high and figures2["threshold"] == t2
+        moved += t2 != t
+        thresholds = {"suspicious": low, "fracture": high}
+        for p in np.linspace(0, 1, 201):
+            f = finding(float(p), thresholds)
+            assert (p >= t2) <= (f in ("fracture", "suspicious")) and (f == "fracture") <= (p >= t2)
+    assert moved > 0  # the case happens (13 of 50 splits in a review's simulation)

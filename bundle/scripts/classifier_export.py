@@ -21,7 +21,9 @@ from torch import nn
 from .checkpoint import state_dict_from
 from .classifier import save_classifier
 from .evaluation import (
+    binary_metrics,
     choose_threshold,
+    confusion,
     finding_counts,
     fit_temperature,
     operating_points,
@@ -53,6 +55,23 @@ def predict_loader(model: nn.Module, loader, device: str | torch.device) -> dict
         out["patient_id"] += list(batch["patient_id"])
     model.train(was_training)
     return out
+
+
+def within_operating_points(
+    y: list[int], prob: list[float], threshold: float, figures: dict, points: dict
+) -> tuple[float, dict]:
+    """The main threshold moved into ``[suspicious, fracture]`` when its rule put it outside, with its validation
+    figures at the new place, so that ``fracture`` (at the main threshold) never contradicts ``finding``: every
+    image called a fracture is at least suspicious, and every ``fracture`` finding is called a fracture."""
+    low, high = points["suspicious"]["threshold"], points["fracture"]["threshold"]
+    if low <= threshold <= high:
+        return threshold, figures
+    moved = min(max(threshold, low), high)
+    logger.info(
+        "main threshold %.4f outside the operating points [%.4f, %.4f]: moved to %.4f", threshold, low, high, moved
+    )
+    figures = {**figures, "threshold": moved, "moved_from": threshold, **binary_metrics(y, prob, moved)}
+    return moved, {**figures, **confusion(y, prob, moved)}
 
 
 def crop_intensity_range(means: list[float], stds: list[float]) -> dict[str, list[float]]:
@@ -103,6 +122,7 @@ def export_classifier(
     prob = sigmoid(val["logit"], fitted["temperature"]).tolist()  # every threshold below is on this scale
     threshold, figures = choose_threshold(val["label"], prob, rule, target_sensitivity)
     points = operating_points(val["label"], prob, suspicious_sensitivity, fracture_specificity)
+    threshold, figures = within_operating_points(val["label"], prob, threshold, figures, points)
     crops = crops_info(crops_csv)
     info = {
         "crop_intensity": crop_intensity_range(val["crop_mean"], val["crop_std"]),

@@ -37,7 +37,7 @@ from ignite.engine import Engine, Events
 
 from . import fingerprint
 from .checkpoint import atomic_replace
-from .detector import save_detector, set_confidence_floor, ultralytics_device
+from .detector import _torch_device, save_detector, set_confidence_floor, ultralytics_device
 from .yolo_export import prepare_ultralytics
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def choose_confidence_floor(weights: str | Path, data_yaml: str | Path, device=N
     detector = NasalBoneDetector(weights, conf=0.0, device=device)
     correct: list[float] = []
     for path in images:
-        img = load_xray(path)
+        img = load_xray(path, intensity="stored")  # the export's PNGs are windowed already: as YOLO trained on them
         h, w = img.shape
         xc, yc, bw, bh = (float(v) for v in (root / "labels" / "val" / f"{path.stem}.txt").read_text().split()[1:5])
         truth = np.array([(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h]) - 0.5
@@ -263,6 +263,7 @@ class DetectorTrainer(Engine):
             "name": self.run_dir.name,
         }
         self.device = ultralytics_device(device)
+        self.torch_device = _torch_device(device)  # for the bundle's own detector (the confidence floor)
         self.train_handlers = list(train_handlers or [])
         for handler in self.train_handlers:
             handler.attach(self)
@@ -376,8 +377,13 @@ class DetectorTrainer(Engine):
         state_file.write_text(json.dumps({"fingerprint": key, "complete": True, **summary}))
         info = {"run_dir": str(self.run_dir), **summary}
         save_detector(best if best.is_file() else last, self.weights_out, self.args["imgsz"], self.margin, info)
-        device = "cpu" if self.device == "cpu" else f"cuda:{self.device}"  # Ultralytics' "0" -> torch's "cuda:0"
-        floor, details = choose_confidence_floor(self.weights_out, self.data_yaml, device)
+        try:  # the trained weights are safe: a failure here costs the floor (no gating), never the training
+            floor, details = choose_confidence_floor(
+                self.weights_out, self.data_yaml, None if self.device == "cpu" else self.torch_device
+            )
+        except Exception as err:
+            floor, details = 0.0, {"rule": f"not chosen ({type(err).__name__}: {err})", "correct_boxes": 0}
+            logger.warning("detector: no confidence floor: %s", details["rule"])
         set_confidence_floor(self.weights_out, floor, details)
         summary["confidence_floor"] = floor
         logger.info(
