@@ -38,7 +38,7 @@ from ignite.engine import Engine, Events
 from . import fingerprint
 from .checkpoint import atomic_replace
 from .detector import _torch_device, save_detector, set_confidence_floor, ultralytics_device
-from .yolo_export import prepare_ultralytics
+from .yolo_export import box_from_yolo_label, prepare_ultralytics
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,8 @@ def choose_confidence_floor(weights: str | Path, data_yaml: str | Path, device=N
     correct: list[float] = []
     for path in images:
         img = load_xray(path, intensity="stored")  # the export's PNGs are windowed already: as YOLO trained on them
-        h, w = img.shape
-        xc, yc, bw, bh = (float(v) for v in (root / "labels" / "val" / f"{path.stem}.txt").read_text().split()[1:5])
-        truth = np.array([(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h]) - 0.5
+        label = (root / "labels" / "val" / f"{path.stem}.txt").read_text().split()[1:5]
+        truth = box_from_yolo_label(label, img.shape)
         box, conf = detector.predict(img)
         if box is not None and box_iou(box, truth) >= 0.5:
             correct.append(conf)
