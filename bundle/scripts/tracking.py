@@ -26,6 +26,8 @@ from typing import Any
 
 from monai.handlers import MLFlowHandler
 
+from .imageio import one_line
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 for _name, _value in (
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
@@ -40,8 +42,7 @@ _unreachable: dict[str, str] = {}  # tracking URI -> why, for this process
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+    return one_line(f"{type(err).__name__}: {err}" if str(err).strip() else type(err).__name__, limit=300)
 
 
 def tracking_failed(tracking_uri: str, err: BaseException, offline_log: str | Path | None) -> None:
