@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scripts import BUNDLE_ROOT
 from scripts.classifier import load_classifier
-from scripts.resume import checkpoints_newest_first
+from scripts.resume import checkpoint_epoch, checkpoints_newest_first
 
 CONFIGS = BUNDLE_ROOT / "configs"
 EPOCHS = 6
@@ -47,7 +47,7 @@ def _command(dataset: Path, out: Path, models: Path) -> list[str]:
 
 
 def _epochs(folder: Path) -> list[int]:
-    return [int(p.stem.rpartition("=")[2]) for p in checkpoints_newest_first(folder)]
+    return [checkpoint_epoch(p) for p in checkpoints_newest_first(folder)]
 
 
 def test_sigkill_mid_epoch_then_the_same_command_resumes(tiny_dataset, tmp_path) -> None:

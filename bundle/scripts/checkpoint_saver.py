@@ -25,6 +25,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
 from .checkpoint import atomic_save
+from .resume import checkpoint_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for ckpt in self._checkpoints().values():
             ckpt.save_handler = AtomicDiskSaver(self.save_dir, getattr(ckpt.save_handler, "filename", None))
         if previous is not None and self._interval_checkpoint is not None:
-            previous = Path(previous)
-            epoch = previous.stem.rpartition("=")[2]
-            if previous.parent.resolve() == Path(self.save_dir).resolve() and epoch.isdigit():
-                self._interval_checkpoint._saved = [Checkpoint.Item(int(epoch), previous.name)]
+            previous, epoch = Path(previous), checkpoint_epoch(previous)
+            if previous.parent.resolve() == Path(self.save_dir).resolve() and epoch is not None:
+                self._interval_checkpoint._saved = [Checkpoint.Item(epoch, previous.name)]
 
     def _checkpoints(self) -> dict[str, Checkpoint]:
         named = {

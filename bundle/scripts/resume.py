@@ -29,12 +29,18 @@ CHECKPOINT_LAYOUT = "save_dict/2 (best_so_far)"
 _EPOCH = re.compile(r"=(\d+)\.pt$")
 
 
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch in a checkpoint's name (``*=N.pt``, as ``CheckpointSaver`` names them), else None."""
+    found = _EPOCH.search(Path(path).name)
+    return int(found.group(1)) if found else None
+
+
 def checkpoints_newest_first(ckpt_dir: str | Path) -> list[Path]:
     """The ``*.pt`` files of ``ckpt_dir``: highest epoch (``*=N.pt``) first, then the others newest first."""
     folder = Path(ckpt_dir)
     files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
-    by_epoch = sorted(((int(m.group(1)), p) for p in files if (m := _EPOCH.search(p.name))), reverse=True)
-    others = sorted((p for p in files if not _EPOCH.search(p.name)), key=lambda p: p.stat().st_mtime, reverse=True)
+    by_epoch = sorted(((e, p) for p in files if (e := checkpoint_epoch(p)) is not None), reverse=True)
+    others = sorted((p for p in files if checkpoint_epoch(p) is None), key=lambda p: p.stat().st_mtime, reverse=True)
     return [p for _, p in by_epoch] + others
 
 
