@@ -64,8 +64,8 @@ paper-smoke: $(STAMP)
 	$(PY) -m tools.paper_smoke --out runs/paper_smoke
 
 lint: $(STAMP)
-	.venv/bin/ruff check bundle tests tools
-	.venv/bin/ruff format --check bundle tests tools
+	.venv/bin/ruff check bundle tests tools clinic
+	.venv/bin/ruff format --check bundle tests tools clinic
 
 clean:
 	rm -rf runs dist .pytest_cache .ruff_cache
