@@ -9,16 +9,20 @@ BUNDLE   := python -m monai.bundle run
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup dicom-tools data demo train validate-data test test-all bench lint package zoo-check paper-smoke clean
+.PHONY: setup system-packages data demo train validate-data test test-all bench lint package zoo-check paper-smoke clean
 
-setup: $(STAMP) dicom-tools
+setup: $(STAMP) system-packages
 
-# Debian's dicom3tools (dciodvfy) and dcmtk (dsrdump): tests/test_dicom_validators.py fails without them. apt runs only
-# when one of the two is missing (as root, else through sudo).
+# Debian packages the tests use, each failing (never skipping) without its tool: dicom3tools (dciodvfy) and dcmtk
+# (dsrdump, storescu) for the DICOM validators; chromium and chromium-driver for the browser tests of the viewer page;
+# orthanc and orthanc-dicomweb for the PACS tests. apt runs only when one is missing (as root, else through sudo).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-dicom-tools:
-	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null || { $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null; }
+APT_PACKAGES := dicom3tools dcmtk chromium chromium-driver orthanc orthanc-dicomweb
+APT_CHECK := command -v dciodvfy && command -v dsrdump && command -v chromium && command -v chromedriver && \
+  command -v Orthanc && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+system-packages:
+	@{ $(APT_CHECK); } >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; }
 
 $(STAMP): pyproject.toml
 	python3.11 -m venv .venv
@@ -42,10 +46,10 @@ train: $(STAMP)
 validate-data: $(STAMP)
 	.venv/bin/$(BUNDLE) validate --config_file bundle/configs/validate_data.yaml --dataset_dir $(DATA) --output_dir $(OUT)
 
-test: $(STAMP) dicom-tools
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP) dicom-tools
+test-all: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
