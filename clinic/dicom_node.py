@@ -1,0 +1,447 @@
+"""The DICOM node: a PACS sends lateral head X-rays by C-STORE, the node sends back the findings as DICOM.
+
+::
+
+    PACS / modality --C-STORE--> Storage SCP (AE NASALFX) --fsync--> inbox/ --> one inference worker (WarmInference)
+                                                                                      |
+    PACS (--forward) <--C-STORE SC + SR, retried with back-off-- forwarder <-- outbox/ (SC + SR)
+
+- The Storage SCP accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary
+  Capture in the usual transfer syntaxes, and C-ECHO. Any other SOP class is refused at association negotiation;
+  an image that the input guard (``scripts.input_guard.refusal``: modality, body part, colour, frames) refuses is
+  answered with a failure status and the reason in Error Comment. Both are logged with their reason.
+- An accepted image is written to disk and fsync'ed (``clinic.dicom_queue``) before the C-STORE is answered, so a
+  sender whose C-STORE succeeded never needs to send it again: a busy node queues, a restarted node resumes.
+- One worker thread runs the queue through the bundle's inference (``clinic.engine.WarmInference``, models loaded
+  once, in the background while the SCP already receives) with DICOM outputs in the identity mode for PACS use:
+  the SC and SR join the source study with its patient and study modules.
+- A forwarder thread sends each item's SC and SR by C-STORE to ``--forward AET@host:port``; while the destination
+  is unreachable it retries with a doubling interval (``--retry-interval`` up to ``--max-retry-interval``) and
+  never gives up; a destination that answers with a failure status is retried ``--max-attempts`` times, then the
+  item is set aside in ``failed/``.
+
+Logs name images by queue id and a hash of their SOP Instance UID, never by a patient's name, ID or birth date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from scripts.input_guard import RADIOGRAPH_SOP_CLASSES, refusal
+
+from .dicom_queue import DicomQueue, uid_hash
+
+logger = logging.getLogger("clinic.dicom_node")
+
+UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+TRANSFER_SYNTAXES = UNCOMPRESSED + [
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+SUCCESS, REFUSED, OUT_OF_RESOURCES, FAILED = 0x0000, 0xC000, 0xA700, 0xC001
+WARNINGS = (0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007)  # stored, with a warning: counts as stored
+AET_PATTERN = re.compile(r"^[ -\[\]-~]{1,16}$")  # 1-16 printable characters, no backslash
+
+
+class ForwardError(Exception):
+    """The results could not be stored at the destination; ``refused`` when it answered with a failure status."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results are sent by C-STORE: ``AET@host:port``."""
+
+    aet: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """``"ORTHANC@10.0.0.5:4242"`` -> Destination; a one-line ``ValueError`` for anything else."""
+        match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})", text.strip())
+        if not match or not AET_PATTERN.match(match["aet"]) or not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"expected AET@host:port (e.g. ORTHANC@10.0.0.5:4242), got '{text}'")
+        return cls(match["aet"], match["host"].strip("[]"), int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+def check_aet(aet: str) -> str:
+    """``aet`` if it is a valid AE title (1-16 printable characters, no backslash), else a one-line ``ValueError``."""
+    if not AET_PATTERN.match(aet) or not aet.strip():
+        raise ValueError(f"AE title must be 1-16 printable characters without a backslash, got '{aet}'")
+    return aet
+
+
+def store_files(
+    files: list[Path], destination: Destination, calling_aet: str, timeout: float, on_stored: Callable[[Path], None]
+) -> None:
+    """Send ``files`` over one association by C-STORE; ``on_stored(path)`` after each one the destination stored.
+
+    Raises ``ForwardError`` (one line) when the destination cannot be reached or refuses a file.
+    """
+    datasets = [dcmread(path) for path in files]
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    for sop_class in dict.fromkeys(ds.SOPClassUID for ds in datasets):
+        syntaxes = [ds.file_meta.TransferSyntaxUID for ds in datasets if ds.SOPClassUID == sop_class]
+        ae.add_requested_context(sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian])))
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.aet)
+    if not assoc.is_established:
+        why = "rejected the association" if assoc.is_rejected else "unreachable or aborted"
+        raise ForwardError(f"{destination}: {why}")
+    try:
+        for path, ds in zip(files, datasets, strict=True):
+            status = assoc.send_c_store(ds)
+            if "Status" not in status:
+                raise ForwardError(f"{destination}: no answer to C-STORE (connection lost or timed out)")
+            if status.Status != SUCCESS and status.Status not in WARNINGS:
+                comment = str(status.get("ErrorComment", "") or "")
+                raise ForwardError(f"{destination}: C-STORE failed, status 0x{status.Status:04X} {comment}", True)
+            on_stored(path)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+class DicomNode:
+    """Storage SCP, persistent queue, one inference worker and one forwarder (see the module's docstring).
+
+    Args:
+        work_dir: the queue's folders and the engine's scratch outputs; the node resumes whatever it holds.
+        engine: a ``WarmInference`` built with ``dicom_out=True, keep_patient_identity=True``, or a function that
+            builds one (called once, in the worker thread, so that the SCP receives while the models load).
+        forward: where the SC and SR go.
+        aet, host, port: the node's own AE title and listening address.
+        retry_interval, max_retry_interval: seconds between tries to reach the destination (doubling).
+        max_attempts: tries for results that the destination refuses with a failure status before ``failed/``.
+        timeout: seconds for each network step when sending (connection, association, C-STORE answer).
+    """
+
+    def __init__(
+        self,
+        work_dir: str | Path,
+        engine: Any,
+        forward: Destination,
+        aet: str = "NASALFX",
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        retry_interval: float = 5.0,
+        max_retry_interval: float = 300.0,
+        max_attempts: int = 20,
+        timeout: float = 30.0,
+    ) -> None:
+        self.queue = DicomQueue(Path(work_dir) / "queue")
+        self._engine_source = engine
+        self.engine: Any = engine if hasattr(engine, "predict") else None
+        self.forward, self.aet, self.host, self.port = forward, check_aet(aet), host, int(port)
+        self.retry_interval, self.max_retry_interval = float(retry_interval), float(max_retry_interval)
+        self.max_attempts, self.timeout = int(max_attempts), float(timeout)
+        self._stop = threading.Event()
+        self._work = threading.Event()  # something new in the inbox
+        self._results = threading.Event()  # something new in the outbox
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self.failure: str | None = None  # set when the engine could not be built: the node then stops
+        self.ready = threading.Event()  # the engine is loaded
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Tidy the queue after a crash, listen, and start the worker and the forwarder."""
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO/DEBUG lines carry UIDs
+        waiting = self.queue.recover()
+        ae = AE(ae_title=self.aet)
+        ae.maximum_pdu_size = 0  # no limit on what the sender's PDUs may hold
+        for sop_class in RADIOGRAPH_SOP_CLASSES:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted)]
+        self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        if self.port == 0:
+            self.port = self._server.server_address[1]
+        self._threads = [
+            threading.Thread(target=self._infer_loop, name="nasalfx-infer", daemon=True),
+            threading.Thread(target=self._forward_loop, name="nasalfx-forward", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        logger.info(
+            "DICOM node %s listening on %s:%d, results to %s; queue: %d to infer, %d to send",
+            self.aet,
+            self.host,
+            self.port,
+            self.forward,
+            waiting["inbox"],
+            waiting["outbox"],
+        )
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop listening and let the worker finish the image in hand; what is queued stays queued."""
+        self._stop.set()
+        self._work.set()
+        self._results.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        for thread in self._threads:
+            thread.join(timeout)
+        logger.info("DICOM node %s stopped", self.aet)
+
+    @property
+    def stopped(self) -> bool:
+        """``stop`` was called, or the engine could not be built."""
+        return self._stop.is_set()
+
+    def idle(self) -> bool:
+        """Nothing waits for inference or sending."""
+        return not self.queue.pending() and not self.queue.outbox()
+
+    # --- Storage SCP -------------------------------------------------------------------------------------------
+    def _on_accepted(self, event: Any) -> None:
+        """Log the SOP classes an association proposed that the node does not take (a CT, an MR...)."""
+        refused = {cx.abstract_syntax for cx in event.assoc.rejected_contexts if cx.result == 0x03}
+        for sop_class in sorted(refused):
+            name = UID(sop_class).name
+            logger.warning(
+                "refused from %s: %s is not a radiograph SOP class (assessed: CR, DX, Secondary Capture)",
+                event.assoc.requestor.ae_title,
+                name if name != sop_class else f"SOP class {sop_class}",
+            )
+
+    def _on_store(self, event: Any) -> Dataset | int:
+        """Answer a C-STORE only once the image is on disk (fsync'ed) and queued; refuse what is not assessed."""
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sender = event.assoc.requestor.ae_title
+        try:
+            reason = refusal(event.dataset)
+        except Exception as err:  # not decodable: nothing to queue
+            logger.warning("refused sop#%s from %s: unreadable data set (%s)", uid_hash(sop_uid), sender, type(err))
+            return _status(FAILED, "unreadable data set")
+        if reason:
+            logger.warning("refused sop#%s from %s: not assessed: %s", uid_hash(sop_uid), sender, reason)
+            return _status(REFUSED, f"not assessed: {reason}")
+
+        def write(f: IO[bytes]) -> None:
+            f.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(f, event.file_meta, enforce_standard=True)
+            f.write(event.request.DataSet.getvalue())
+
+        try:
+            qid = self.queue.add(sop_uid, write)
+        except OSError as err:
+            logger.error("could not store sop#%s (%s): answered Out of Resources", uid_hash(sop_uid), err.strerror)
+            return _status(OUT_OF_RESOURCES, "cannot store the image now")
+        modality = str(event.dataset.get("Modality", "") or "?")
+        logger.info("received %s (%s, sop#%s) from %s", qid, modality, uid_hash(sop_uid), sender)
+        self._work.set()
+        return SUCCESS
+
+    # --- inference worker --------------------------------------------------------------------------------------
+    def _load_engine(self) -> bool:
+        if self.engine is None:
+            start = time.perf_counter()
+            try:
+                self.engine = self._engine_source()
+            except (Exception, SystemExit) as err:
+                self.failure = f"the inference engine could not be built: {err}"
+                logger.critical("%s; received images stay queued", self.failure)
+                self._stop.set()
+                return False
+            logger.info("models loaded in %.1f s", time.perf_counter() - start)
+        self.ready.set()
+        return True
+
+    def _infer_loop(self) -> None:
+        if not self._load_engine():
+            return
+        while not self._stop.is_set():
+            pending = self.queue.pending()
+            if not pending:
+                self._work.wait(1.0)
+                self._work.clear()
+                continue
+            try:
+                self._infer(pending[0])
+            except Exception as err:  # a bug or a full disk: keep the image queued, try again later
+                logger.error("%s: inference step failed (%s: %s); retried later", pending[0], type(err).__name__, err)
+                self._stop.wait(self.retry_interval)
+
+    def _infer(self, qid: str) -> None:
+        start = time.time()
+        record = self.engine.predict(self.queue.image(qid), stem=qid, name=qid)
+        out = Path(self.engine.output_dir)
+        dicom = {key: out / name for key, name in (record.get("dicom") or {}).items()}
+        record = {k: v for k, v in record.items() if k not in ("dicom", "image", "overlay", "region_mask", "heatmap")}
+        record.update(queue_id=qid, received_at=self.queue.received_at(qid), inferred_at=time.time())
+        record["inference_s"] = round(record["inferred_at"] - start, 3)
+        if "error" in record:
+            self.queue.close(qid, "refused", record)
+            logger.warning("%s: %s", qid, record["error"])
+        elif "dicom_error" in record or not dicom:
+            self.queue.close(qid, "failed", record)
+            logger.error("%s: no DICOM results (%s)", qid, record.get("dicom_error", "none written"))
+        else:
+            self.queue.to_outbox(qid, list(dicom.values()), record)
+            logger.info(
+                "%s: %s in %.1f s; SC and SR queued for %s", qid, _finding(record), record["inference_s"], self.forward
+            )
+            self._results.set()
+        for leftover in out.glob(f"{qid}*"):  # the JSON and PNGs of this call (the DICOM files were moved)
+            leftover.unlink(missing_ok=True)
+
+    # --- forwarder ---------------------------------------------------------------------------------------------
+    def _forward_loop(self) -> None:
+        delay, attempts = self.retry_interval, {}
+        while not self._stop.is_set():
+            waiting = self.queue.outbox()
+            if not waiting:
+                self._results.wait(1.0)
+                self._results.clear()
+                continue
+            qid = waiting[0]
+            try:
+                store_files(self.queue.results(qid), self.forward, self.aet, self.timeout, self.queue.sent)
+            except ForwardError as err:
+                if err.refused:
+                    attempts[qid] = attempts.get(qid, 0) + 1
+                    if attempts[qid] >= self.max_attempts:
+                        self.queue.close(qid, "failed", {**self.queue.record(qid), "forward_error": str(err)})
+                        logger.error("%s: set aside in failed/ after %d refusals: %s", qid, attempts.pop(qid), err)
+                        continue
+                logger.warning("%s: results not stored (%s); retry in %.1f s", qid, err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_retry_interval)
+                continue
+            except Exception as err:  # an unreadable result file or a network library error: retried
+                logger.error("%s: sending failed (%s: %s); retry in %.1f s", qid, type(err).__name__, err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_retry_interval)
+                continue
+            delay = self.retry_interval
+            attempts.pop(qid, None)
+            record = {**self.queue.record(qid), "stored_at": time.time(), "destination": str(self.forward)}
+            record["received_to_stored_s"] = round(record["stored_at"] - record["received_at"], 3)
+            self.queue.close(qid, "done", record)
+            logger.info(
+                "%s: SC and SR stored at %s, %.1f s after receipt", qid, self.forward, record["received_to_stored_s"]
+            )
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO: 64 characters at most
+    return status
+
+
+def _finding(record: dict[str, Any]) -> str:
+    probability = record.get("fracture_probability")
+    text = str(record.get("finding", "assessed"))
+    return text if probability is None else f"{text} (p={float(probability):.2f})"
+
+
+def build_engine(work_dir: Path, models_dir: str | None, device: str | None) -> Callable[[], Any]:
+    """A function that builds the bundle's warm inference for the node: DICOM outputs, identity mode for PACS."""
+
+    def build() -> Any:
+        from .engine import WarmInference
+
+        return WarmInference(work_dir / "engine", models_dir, device, dicom_out=True, keep_patient_identity=True)
+
+    return build
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clinic.dicom_node --forward AET@host:port [...]``: run the node until SIGTERM or Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m clinic.dicom_node", description=__doc__.split("\n")[0])
+    parser.add_argument("--aet", default="NASALFX", help="the node's AE title (default NASALFX)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=11112, help="port to listen on (default 11112)")
+    parser.add_argument("--forward", required=True, help="where results go by C-STORE: AET@host:port")
+    parser.add_argument("--work-dir", default="runs/dicom_node", help="the persistent queue (default runs/dicom_node)")
+    parser.add_argument("--models-dir", default=None, help="trained weights (default: the bundle's models/)")
+    parser.add_argument("--device", default=None, help="torch device (default: CUDA when available, else CPU)")
+    parser.add_argument("--retry-interval", type=float, default=5.0, help="first wait before a retry, s (default 5)")
+    parser.add_argument("--max-retry-interval", type=float, default=300.0, help="longest wait, s (default 300)")
+    parser.add_argument("--max-attempts", type=int, default=20, help="tries for results the destination refuses")
+    parser.add_argument("--timeout", type=float, default=30.0, help="network timeout when sending, s (default 30)")
+    args = parser.parse_args(argv)
+    try:
+        forward = Destination.parse(args.forward)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        work_dir = Path(args.work_dir)
+        node = DicomNode(
+            work_dir,
+            build_engine(work_dir, args.models_dir, args.device),
+            forward,
+            aet=args.aet,
+            host=args.host,
+            port=args.port,
+            retry_interval=args.retry_interval,
+            max_retry_interval=args.max_retry_interval,
+            max_attempts=args.max_attempts,
+            timeout=args.timeout,
+        )
+        node.start()
+    except (ValueError, OSError) as err:
+        print(f"dicom_node: {err}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.wait(0.5) and not node.stopped:
+        pass
+    node.stop()
+    if node.failure:
+        print(f"dicom_node: {node.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

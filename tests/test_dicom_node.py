@@ -1,0 +1,227 @@
+"""The DICOM node against a real Orthanc: Orthanc (the PACS) sends DX images to the node by C-STORE, the node runs the
+bundle's inference and sends the SC and SR back, and they land in the source study; a CT is refused; results wait
+while Orthanc is down and arrive once it is back; a node killed with SIGKILL resumes its queue on restart. No log
+line carries the patient's identity or a raw SOP Instance UID."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import RLELossless, SecondaryCaptureImageStorage
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from clinic import REPO_ROOT
+from clinic.dicom_node import Destination, DicomNode
+from tests.orthanc import Orthanc
+from tests.servers import free_port, stop_process_group
+from tests.test_identity import IDENTITY, _source_dicom
+from tests.test_inference import DETECT, ENV
+
+AET = "NASALFX"
+RETRY = {"retry_interval": 0.2, "max_retry_interval": 1.0, "timeout": 5.0}
+
+
+@pytest.fixture(scope="module")
+def engine(models, tmp_path_factory):
+    """The bundle's warm inference on the tiny weights (detector floor 0), as the node builds it: identity mode."""
+    from clinic.engine import WarmInference
+
+    out = tmp_path_factory.mktemp("engine")
+    overrides = {DETECT.lstrip("-"): 0.0}
+    return WarmInference(out, models, "cpu", dicom_out=True, keep_patient_identity=True, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def node(engine, orthanc, tmp_path):
+    """A node on a free port, forwarding to Orthanc, known to Orthanc as modality ``nasalfx``."""
+    dicom_node = DicomNode(tmp_path / "node", engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
+    dicom_node.start()
+    orthanc.request("PUT", "/modalities/nasalfx", {"AET": AET, "Host": "127.0.0.1", "Port": dicom_node.port})
+    yield dicom_node
+    dicom_node.stop()
+
+
+def _xray(folder: Path, index: int, rle: bool = False) -> tuple[Path, pydicom.Dataset]:
+    """A phantom lateral head X-ray as a DX image with the fake identity of tests.test_identity (UIDs by index)."""
+    from tools.phantom import render_patient
+
+    image = render_patient(100 + index, fracture=index % 2 == 0, n_views=1, size=256)[0].image
+    ds = _source_dicom(image, index)
+    if rle:
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+    path = folder / f"xray{index}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, ds
+
+
+def _send(port: int, *datasets: pydicom.Dataset) -> list[tuple[int, str]]:
+    """C-STORE ``datasets`` to the node as a modality would; their statuses and error comments."""
+    ae = AE(ae_title="MODALITY")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AET)
+    assert assoc.is_established
+    try:
+        answers = [assoc.send_c_store(ds) for ds in datasets]
+    finally:
+        assoc.release()
+    return [(a.Status, str(a.get("ErrorComment", ""))) for a in answers]
+
+
+def _assert_no_identity(caplog, *datasets: pydicom.Dataset) -> None:
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert text  # the node did log
+    needles = [*IDENTITY.values(), "ZZTESTNAME"] + [str(ds.SOPInstanceUID) for ds in datasets]
+    for needle in needles:
+        assert needle.lower() not in text.lower(), f"{needle} appears in the log"
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.1)
+
+
+def test_pacs_sends_images_and_gets_sc_and_sr_in_the_same_study(node, orthanc, tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=AET)
+    assert assoc.is_established and assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+    sources = [_xray(tmp_path, 1), _xray(tmp_path, 2, rle=True)]  # explicit VR little endian and RLE lossless
+    ids = [orthanc.upload(path)["ID"] for path, _ in sources]
+    answer = orthanc.request("POST", "/modalities/nasalfx/store", {"Resources": ids, "Synchronous": True})
+    assert answer["FailedInstancesCount"] == 0 and answer["InstancesCount"] == 2
+
+    for _, ds in sources:
+        series = orthanc.wait_for_modalities(ds.StudyInstanceUID, {"DX", "OT", "SR"}, timeout=60)
+        assert sorted(s["Modality"] for s in series) == ["DX", "OT", "SR"]  # one SC and one SR, in the source study
+        results = {s["Modality"]: s["instances"][0] for s in series if s["Modality"] != "DX"}
+        assert results["OT"]["SOPClassUID"] == SecondaryCaptureImageStorage  # the SC of the overlay, Modality OT
+        for tags in results.values():
+            assert tags["StudyInstanceUID"] == ds.StudyInstanceUID
+            assert tags["PatientID"] == IDENTITY["PatientID"] and tags["PatientName"] == IDENTITY["PatientName"]
+            assert "NOT FOR DIAGNOSTIC USE" in tags["SeriesDescription"]
+    _wait(node.idle, 10, "queue empty")
+    done = sorted((node.queue.folder("done")).glob("*.json"))
+    assert len(done) == 2
+    seconds = [json.loads(p.read_text())["received_to_stored_s"] for p in done]
+    print(f"\nC-STORE received -> SC and SR stored in Orthanc (tiny weights): {seconds} s")
+    assert not any(node.queue.folder("inbox").iterdir())  # the received images are not kept
+    _assert_no_identity(caplog, *(ds for _, ds in sources))
+
+
+def test_a_ct_is_refused_with_its_reason_logged(node, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ct.SOPClassUID, ct.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=AET)  # CT Image Storage is not negotiated
+    assert not assoc.is_established or not assoc.accepted_contexts
+    if assoc.is_established:
+        assoc.release()
+    _wait(lambda: "CT Image Storage is not a radiograph SOP class" in caplog.text, 5, "CT SOP class refusal logged")
+
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage  # a CT saved as SC
+    [(status, comment)] = _send(node.port, ct)
+    assert status == 0xC000 and comment.startswith("not assessed: Modality CT is not a radiograph")
+    assert "refused sop#" in caplog.text and "not assessed: Modality CT is not a radiograph" in caplog.text
+    assert not node.queue.pending() and not node.queue.outbox()
+    assert str(ct.SOPInstanceUID) not in caplog.text
+
+
+def test_results_wait_while_orthanc_is_down_and_arrive_when_it_is_back(node, orthanc, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    _, ds = _xray(tmp_path, 3)
+    orthanc.stop()
+    try:
+        assert _send(node.port, ds) == [(0x0000, "")]  # the node takes the image while the destination is down
+        _wait(lambda: "results not stored" in caplog.text, 60, "a failed send to the stopped Orthanc")
+        assert len(node.queue.outbox()) == 1
+        time.sleep(1.5)  # a few more retries
+    finally:
+        orthanc.start()
+    series = orthanc.wait_for_modalities(ds.StudyInstanceUID, {"OT", "SR"}, timeout=30)
+    assert sorted(s["Modality"] for s in series) == ["OT", "SR"]
+    _wait(node.idle, 10, "queue empty")
+    _assert_no_identity(caplog, ds)
+
+
+def test_a_killed_node_resumes_its_queue_on_restart(engine, models, orthanc, tmp_path, caplog) -> None:
+    """The command-line node takes an image, is killed with SIGKILL before it could send anything (its destination
+    is a closed port), and a new node on the same work folder sends the results to Orthanc."""
+    work, port = tmp_path / "node", free_port()
+    cmd = [sys.executable, "-m", "clinic.dicom_node", "--aet", AET, "--port", str(port), "--work-dir", str(work)]
+    cmd += ["--forward", f"NOBODY@127.0.0.1:{free_port()}", "--models-dir", str(models), "--device", "cpu"]
+    env = {**ENV, "PYTHONPATH": f"{REPO_ROOT / 'bundle'}:{REPO_ROOT}", "CUDA_VISIBLE_DEVICES": ""}
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _, ds = _xray(tmp_path, 4)
+    try:
+        _wait(lambda: "listening on" in log.read_text() or proc.poll() is not None, 90, "the node listening")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert _send(port, ds) == [(0x0000, "")]
+    finally:
+        stop_process_group(proc, signal.SIGKILL)
+    assert f"listening on 127.0.0.1:{port}" in log.read_text()
+    queue = work / "queue"
+    waiting = list((queue / "inbox").glob("*.dcm")) + list((queue / "outbox").iterdir())
+    assert len(waiting) == 1 and not list((queue / "done").iterdir())
+    (queue / "inbox" / "half-written.dcm.part").write_bytes(b"\0" * 10)  # what a crash mid-receipt leaves
+
+    caplog.set_level(logging.INFO)
+    restarted = DicomNode(work, engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
+    restarted.start()
+    try:
+        series = orthanc.wait_for_modalities(ds.StudyInstanceUID, {"OT", "SR"}, timeout=60)
+        assert sorted(s["Modality"] for s in series) == ["OT", "SR"]
+        _wait(restarted.idle, 10, "queue empty")
+    finally:
+        restarted.stop()
+    assert not (queue / "inbox" / "half-written.dcm.part").exists()
+    assert "queue: 1 to infer, 0 to send" in caplog.text or "queue: 0 to infer, 1 to send" in caplog.text
+    for text in (caplog.text, log.read_text()):
+        for needle in (*IDENTITY.values(), str(ds.SOPInstanceUID)):
+            assert needle not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("ORTHANC@host", "expected AET@host:port"), ("@h:1", "expected AET@host:port"), ("A@h:99999", "expected")],
+)
+def test_bad_forward_addresses_are_one_line_errors(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Destination.parse(text)
+    assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+
+
+def test_the_command_refuses_a_bad_forward_address(tmp_path) -> None:
+    from clinic.dicom_node import main
+
+    assert main(["--forward", "nowhere", "--work-dir", str(tmp_path)]) == 2
+    assert not os.listdir(tmp_path)
