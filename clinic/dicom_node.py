@@ -386,7 +386,7 @@ def _finding(record: dict[str, Any]) -> str:
 
 
 def build_engine(work_dir: Path, models_dir: str | None, device: str | None) -> Callable[[], Any]:
-    """A function that builds the bundle's warm inference for the node: DICOM outputs, identity mode for PACS."""
+    """A function that builds the bundle's warm inference for PACS use: DICOM outputs in the identity mode."""
 
     def build() -> Any:
         from .engine import WarmInference
