@@ -9,7 +9,7 @@ BUNDLE   := python -m monai.bundle run
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup system-packages data demo train validate-data test test-all bench lint package zoo-check paper-smoke clean
+.PHONY: setup system-packages data demo train validate-data test test-all bench lint package zoo-check paper-smoke serve clean
 
 setup: $(STAMP) system-packages
 
@@ -54,6 +54,14 @@ test-all: $(STAMP) system-packages
 
 bench: $(STAMP)
 	$(PY) -m tools.bench --out runs/bench
+
+# The local service and viewer page (clinic/service.py) with the weights in bundle/models, on http://HOST:PORT/;
+# more settings (work folder, upload limit, retention...): .venv/bin/python -m clinic.service --help
+# (:= not ?=: a HOST in the environment, which some shells set, must not open the service to the network)
+HOST := 127.0.0.1
+PORT := 8000
+serve: $(STAMP)
+	$(PY) -m clinic.service --host $(HOST) --port $(PORT)
 
 # A versioned Model Zoo zip of the bundle (weights included when trained) in dist/.
 package: $(STAMP)

@@ -16,9 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from . import BUNDLE_ROOT
+
+VIEWS = ("xray", "crop", "repaired")  # predict(views=True): <stem>_xray.png, <stem>_crop.png, <stem>_repaired.png
 
 
 class WarmInference:
@@ -56,6 +60,7 @@ class WarmInference:
             "dicom_keep_patient_identity": bool(keep_patient_identity),
             "allow_any_modality": bool(allow_any_modality),
             "handlers": [],  # no summary.csv and no MLflow run per call
+            "write_in_background": False,  # predict returns the record after its files are written
         }
         if models_dir is not None:
             settings["models_dir"] = str(models_dir)
@@ -79,6 +84,14 @@ class WarmInference:
         self.temperature = float(parser.get_parsed_content("temperature"))
         self.version = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())["version"]
         self._lock = threading.Lock()
+        self._repaired: torch.Tensor | None = None  # the region generator's last output, kept for ``views``
+        region_network = getattr(self.evaluator.inferer, "region_network", None)
+        if region_network is not None:
+            region_network.register_forward_hook(self._keep_repaired)
+
+    def _keep_repaired(self, _module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        """Forward hook on the G-D-C step-2 generator: its repaired crop, computed anyway for the region map."""
+        self._repaired = output.detach()
 
     def info(self) -> dict[str, Any]:
         """What a health check reports: bundle version, device and the operating points."""
@@ -90,22 +103,43 @@ class WarmInference:
             "temperature": self.temperature,
         }
 
-    def predict(self, path: str | Path, stem: str, name: str | None = None) -> dict[str, Any]:
+    def predict(self, path: str | Path, stem: str, name: str | None = None, views: bool = False) -> dict[str, Any]:
         """Run one file; return its record (the JSON's content; PNG and DICOM names relative to ``output_dir``).
 
         ``stem`` names the outputs (``<stem>.json``, ``<stem>_overlay.png``...); ``name`` is how the record and
         any error message call the input (default ``stem``: the caller's identifier, not the uploaded name).
         A file that cannot be read or assessed gives a record with ``error``, never an exception.
+        ``views``: also write what a viewer shows (``VIEWS``): the X-ray as the networks read it and, when a nasal
+        bone was found, its crop and the step-2 generator's repair of it, named in the record's ``views``
+        (not in the JSON file).
         """
         from monai.data import DataLoader, Dataset
 
         item = {"image": str(path), "path": str(path), "name": name or stem, "stem": stem}
         loader = DataLoader(Dataset([item], transform=self.preprocessing), batch_size=1, num_workers=0)
         with self._lock:
+            self._repaired = None
             self.evaluator.data_loader = loader
             self.evaluator.state.epoch_length = 1
             self.evaluator.run()
-            return dict(self.evaluator.state.output[0]["record"])
+            record = dict(self.evaluator.state.output[0]["record"])
+            if views and "error" not in record:
+                record["views"] = self._write_views(stem, record.get("nasal_bone_box") is not None)
+            return record
+
+    def _write_views(self, stem: str, found: bool) -> dict[str, str]:
+        """The last call's X-ray (and crop and repaired crop, when ``found``) as 8-bit PNGs; their file names."""
+        state = self.evaluator.state
+        pictures = {"xray": state.batch[0]["xray"]}
+        if found and self._repaired is not None:
+            pictures |= {"crop": state.output[0]["image"], "repaired": self._repaired[0]}
+        names = {}
+        for kind, picture in pictures.items():
+            gray = torch.as_tensor(picture).detach().float().cpu().numpy().reshape(picture.shape[-2:])
+            names[kind] = f"{stem}_{kind}.png"
+            pixels = np.round(np.clip(gray, 0.0, 1.0) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(self.output_dir / names[kind], compress_level=1)
+        return names
 
     def timed_predict(self, path: str | Path, stem: str, name: str | None = None) -> tuple[dict[str, Any], float]:
         """``predict`` and its wall time in seconds."""
