@@ -9,7 +9,7 @@ BUNDLE   := python -m monai.bundle run
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup system-packages data demo train validate-data test test-all bench lint package zoo-check paper-smoke serve clean
+.PHONY: setup system-packages data demo train validate-data test test-all bench lint package zoo-check paper-smoke serve dicom-node clean
 
 setup: $(STAMP) system-packages
 
@@ -74,6 +74,16 @@ zoo-check: $(STAMP)
 # The whole chain with the thesis's networks, sizes and batch sizes, one epoch a stage, on a small phantom.
 paper-smoke: $(STAMP)
 	$(PY) -m tools.paper_smoke --out runs/paper_smoke
+
+# The DICOM node (clinic/dicom_node.py): a Storage SCP, AE title AET on HOST:PORT, that runs each CR/DX head X-ray it
+# receives through the bundle (weights in bundle/models) and sends the SC + SR by C-STORE to FORWARD=AET@host:port,
+# with its persistent queue in runs/dicom_node. README: "Connecting a PACS".
+dicom-node: AET = NASALFX
+dicom-node: HOST = 127.0.0.1
+dicom-node: PORT = 11112
+dicom-node: $(STAMP)
+	$(if $(FORWARD),,$(error FORWARD=AET@host:port is required, e.g. make dicom-node FORWARD=ORTHANC@127.0.0.1:4242))
+	$(PY) -m clinic.dicom_node --aet $(AET) --host $(HOST) --port $(PORT) --forward $(FORWARD) --work-dir runs/dicom_node
 
 lint: $(STAMP)
 	.venv/bin/ruff check bundle tests tools clinic
