@@ -127,10 +127,52 @@ def ultralytics_device(device) -> str:
     return "cpu" if dev.type == "cpu" else (str(dev.index or 0) if dev.type == "cuda" else dev.type)
 
 
-class NasalBoneDetector:
-    """The trained detector: ``predict(image01)`` -> (best box in original pixels or ``None``, confidence)."""
+class RawPredictions(torch.nn.Module):
+    """The detection model's raw output alone (``(B, 4 + nc, anchors)``), without the training-time feature maps."""
 
-    def __init__(self, weights: str | Path, imgsz: int | None = None, conf: float = 0.05, device=None):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def detector_runtime(model: torch.nn.Module, runtime: str, imgsz: int, cache_dir=None) -> torch.nn.Module:
+    """The fused detection model's raw predictions in eager torch or ONNX Runtime (``scripts.onnx_runtime``).
+
+    The export is traced with the head's ``dynamic`` flag on (anchors computed from the input, as Ultralytics'
+    own exporter does); the flag is put back afterwards.
+    """
+    from .onnx_runtime import for_runtime
+
+    raw = RawPredictions(model).eval()
+    head = model.model[-1]
+    dynamic = getattr(head, "dynamic", False)
+    head.dynamic = True
+    try:
+        return for_runtime(raw, runtime, (1, 3, imgsz, imgsz), dynamic_batch=False, cache_dir=cache_dir)
+    finally:
+        head.dynamic = dynamic
+
+
+class NasalBoneDetector:
+    """The trained detector: ``predict(image01)`` -> (best box in original pixels or ``None``, confidence).
+
+    ``runtime``: ``"torch"`` (eager) or ``"onnxruntime"`` (the same network exported to ONNX, cached in
+    ``cache_dir``); both give the same boxes within float tolerance (tests/test_onnx_runtime.py).
+    """
+
+    def __init__(
+        self,
+        weights: str | Path,
+        imgsz: int | None = None,
+        conf: float = 0.05,
+        device=None,
+        runtime: str = "torch",
+        cache_dir: str | Path | None = None,
+    ):
         ckpt = checkpoint.safe_load(weights)  # weights_only=True; a file it refuses gives a one-line error
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         if found != CHECKPOINT_FORMAT:
@@ -144,6 +186,7 @@ class NasalBoneDetector:
         # below it a box is not trusted (chosen on validation, scripts.detector_training.choose_confidence_floor)
         self.confidence_floor = float(ckpt.get("confidence_floor", 0.0))
         self.end2end = bool(getattr(self.model.model[-1], "end2end", False))
+        self.network = detector_runtime(self.model, runtime, self.imgsz, cache_dir)
 
     @torch.inference_mode()
     def predict(self, image01: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -155,8 +198,7 @@ class NasalBoneDetector:
             raise ValueError(f"expected a (rows, cols) image, got shape {image01.shape}")
         lb = Letterbox.fit(image01.shape, self.imgsz)
         x = torch.from_numpy(lb.apply(image01)).to(self.device, torch.float32).div_(255.0)
-        out = self.model(x.expand(1, 3, -1, -1).contiguous())
-        pred = out[0] if isinstance(out, (tuple, list)) else out
+        pred = self.network(x.expand(1, 3, -1, -1).contiguous())
         box, score = best_box(pred[0], self.end2end)
         if score < self.conf:
             return None, 0.0
@@ -185,13 +227,15 @@ class DetectNasalBoned(MapTransform):
         crop_key: str = "crop",
         on_miss: str = "full",
         allow_missing_keys: bool = False,
+        runtime: str = "torch",
+        cache_dir: str | Path | None = None,
     ):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError("DetectNasalBoned works on one image key")
         if on_miss not in ("full", "raise"):
             raise ValueError(f"on_miss must be 'full' or 'raise', got {on_miss!r}")
-        self.detector = NasalBoneDetector(weights, imgsz=imgsz, conf=conf, device=device)
+        self.detector = NasalBoneDetector(weights, imgsz, conf, device, runtime, cache_dir)
         self.crop_size, self.crop_key, self.on_miss = int(crop_size), crop_key, on_miss
 
     def __call__(self, data):
@@ -223,7 +267,9 @@ __all__ = [
     "DetectNasalBoned",
     "Letterbox",
     "NasalBoneDetector",
+    "RawPredictions",
     "best_box",
+    "detector_runtime",
     "save_detector",
     "set_confidence_floor",
     "ultralytics_device",

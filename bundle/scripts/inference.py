@@ -13,19 +13,16 @@ output, log and MLflow record.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import checkpoint
 from .detector import CHECKPOINT_FORMAT as DETECTOR_FORMAT
-from .evaluation import finding, sigmoid, stored_calibration
-from .geometry import crop_box, paste_back, squarify
+from .evaluation import stored_calibration
 from .imageio import INTENSITY_CONVENTION, SUFFIXES, _suffix, image_format, one_line
-from .inference_engine import NOT_FOUND
-from .masks import region_map
 
 logger = logging.getLogger("nasal.inference")
 WEIGHTS = {"detector": "detector.pt", "classifier": "classifier.pt", "gdc2": "gdc2.pt"}
@@ -43,60 +40,6 @@ DEFAULT_CLASSIFIER = {
     "input_size": None,
     "highpass_sigma": 3.0,
 }
-
-
-class FracturePipeline:
-    """Detector -> crop -> C -> G-D-C step-2 region map in one call (for benchmarks; the bundle uses the config)."""
-
-    def __init__(self, models_dir: str | Path, device: str | torch.device | None = None) -> None:
-        from .classifier import load_classifier
-        from .detector import NasalBoneDetector
-        from .masks import load_region_model
-
-        weights = require_weights(models_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.detector = NasalBoneDetector(weights["detector"], device=self.device)
-        self.classifier, _ = load_classifier(weights["classifier"], self.device)
-        info = classifier_info(weights["classifier"])
-        self.threshold, self.temperature, self.thresholds = info["threshold"], info["temperature"], info["thresholds"]
-        self.crop_size = int(info.get("crop_size", 128))
-        self.localiser = load_region_model(weights["gdc2"], self.device)
-
-    @torch.no_grad()
-    def __call__(self, image01: np.ndarray) -> dict[str, Any]:
-        """Results for one ``(rows, cols)`` image in [0, 1]; maps are on the image's grid (empty below the
-        ``suspicious`` point, as the bundle writes them; computed all the same, so timings are the worst case)."""
-        box, conf = self.detector.predict(image01)
-        out: dict[str, Any] = {
-            "nasal_bone_box": None,
-            "detector_confidence": float(conf),
-            "logit": None,
-            "fracture_probability": None,
-            "fracture": None,
-            "threshold": self.threshold,
-            "finding": finding(None, self.thresholds),
-            "thresholds": dict(self.thresholds),
-            "heatmap": np.zeros(image01.shape, np.float32),
-            "region": np.zeros(image01.shape, bool),
-        }
-        if box is None:
-            return {**out, "finding_reason": NOT_FOUND}
-        square = squarify(box)
-        crop = torch.from_numpy(crop_box(image01, square, self.crop_size))[None, None].to(self.device)
-        logit = float(self.classifier(crop).item())
-        prob = float(sigmoid(logit, self.temperature))
-        heat, region = region_map(self.localiser, crop)
-        out.update(
-            nasal_bone_box=[round(float(v), 1) for v in box],
-            logit=logit,
-            fracture_probability=prob,
-            fracture=prob >= self.threshold,
-            finding=finding(prob, self.thresholds),
-        )
-        if out["finding"] != "no fracture":
-            out["heatmap"] = paste_back(heat[0, 0].cpu().numpy(), square, image01.shape)
-            out["region"] = paste_back(region[0, 0].float().cpu().numpy(), square, image01.shape, order=0) > 0.5
-        return out
 
 
 def _is_input(path: Path) -> bool:
@@ -252,6 +195,48 @@ def with_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """``network`` (built by ``network_def``) with the weights of ``classifier.pt`` loaded, in eval mode."""
     network.load_state_dict(classifier_state_dict(path))
     return network.eval()
+
+
+def classifier_network(
+    network_def: torch.nn.Module,
+    path: str | Path,
+    device: str | torch.device,
+    runtime: str = "torch",
+    crop_size: int = 128,
+    cache_dir: str | Path | None = None,
+) -> torch.nn.Module:
+    """C with the weights of ``classifier.pt`` on ``device``, run by ``runtime`` (``scripts.onnx_runtime``)."""
+    from .onnx_runtime import for_runtime
+
+    network = with_weights(network_def, path).to(device)
+    return for_runtime(network, runtime, (1, 1, crop_size, crop_size), cache_dir=cache_dir)
+
+
+def region_network(
+    path: str | Path,
+    device: str | torch.device,
+    runtime: str = "torch",
+    crop_size: int = 128,
+    cache_dir: str | Path | None = None,
+) -> torch.nn.Module:
+    """The G-D-C step-2 generator of ``gdc2.pt`` (with its ``region`` settings), run by ``runtime``."""
+    from .masks import load_region_model
+    from .onnx_runtime import for_runtime
+
+    generator = load_region_model(path, device).eval()
+    return for_runtime(generator, runtime, (1, 1, crop_size, crop_size), cache_dir=cache_dir)
+
+
+def set_threads(threads: int = 0) -> int:
+    """Use ``threads`` torch CPU threads (0: every core this process may run on); return the number set.
+
+    Importing Ultralytics sets ``OMP_NUM_THREADS=1`` when it is unset, and its device selection would leave torch
+    one thread fewer than the cores; inference calls this once, so that the networks use every core.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = max(1, int(threads) or cores or 1)
+    torch.set_num_threads(n)
+    return n
 
 
 def run_inference(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_dilation
@@ -10,8 +12,9 @@ RED, GREEN, YELLOW, CYAN, ORANGE = (230, 40, 40), (40, 200, 80), (250, 210, 40),
 COLOURS = {"fracture": RED, "suspicious": ORANGE, "no fracture": GREEN, "not assessable": CYAN}
 
 
+@lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.ImageFont:
-    """Pillow's built-in font (no font file is read from disk or fetched)."""
+    """Pillow's built-in font (no font file is read from disk or fetched), loaded once per size."""
     return ImageFont.load_default(size=size)
 
 
@@ -19,6 +22,21 @@ def to_rgb(image01: np.ndarray) -> np.ndarray:
     """A ``(rows, cols)`` image in [0, 1] as ``(rows, cols, 3)`` uint8."""
     gray = np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _extent(heatmap: np.ndarray | None, region: np.ndarray | None, pad: int) -> tuple[slice, slice] | None:
+    """The rows and columns where ``heatmap > 0`` or ``region`` is set, grown by ``pad`` (None if there are none)."""
+    marks = [m for m in ((heatmap > 0) if heatmap is not None else None, region) if m is not None]
+    if not marks:
+        return None
+    mark = np.logical_or.reduce(marks) if len(marks) > 1 else np.asarray(marks[0], bool)
+    rows, cols = np.flatnonzero(mark.any(1)), np.flatnonzero(mark.any(0))
+    if not len(rows):
+        return None
+    h, w = mark.shape
+    return slice(max(0, rows[0] - pad), min(h, rows[-1] + pad + 1)), slice(
+        max(0, cols[0] - pad), min(w, cols[-1] + pad + 1)
+    )
 
 
 def dashed_rectangle(draw: ImageDraw.ImageDraw, box, colour, width: int, dash: int) -> None:
@@ -65,15 +83,20 @@ def overlay(
     if finding is None:
         finding = "not assessable" if fracture is None else "fracture" if fracture else "no fracture"
     flagged = finding in ("fracture", "suspicious")
-    rgb = to_rgb(image01).astype(np.float32)
-    if heatmap is not None and flagged:
-        alpha = 0.45 * np.clip(heatmap, 0, 1)[..., None]
-        rgb = rgb * (1 - alpha) + np.array(RED, np.float32) * alpha
-    if region is not None and flagged and region.any():
-        width = max(1, round(min(image01.shape) / 300))
-        edge = binary_dilation(region, iterations=width) & ~region
-        rgb[edge] = YELLOW
-    im = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    rgb = to_rgb(image01)
+    width = max(1, round(min(image01.shape) / 300))
+    # the heatmap and the region's outline change only the pixels around them: blended there alone
+    area = _extent(heatmap, region, width + 1) if flagged else None
+    if area is not None:
+        part = rgb[area].astype(np.float32)
+        if heatmap is not None:
+            alpha = 0.45 * np.clip(heatmap[area], 0, 1)[..., None]
+            part = part * (1 - alpha) + np.array(RED, np.float32) * alpha
+        if region is not None and region.any():
+            edge = binary_dilation(region[area], iterations=width) & ~region[area]
+            part[edge] = YELLOW
+        rgb[area] = np.clip(part, 0, 255).astype(np.uint8)
+    im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
     size = max(12, round(min(image01.shape) / 28))
     colour = COLOURS.get(finding, CYAN) if probability is not None else CYAN

@@ -1,0 +1,152 @@
+"""The inference networks run by ONNX Runtime instead of eager torch (``runtime: onnxruntime`` in inference.yaml).
+
+``for_runtime(module, runtime, input_shape)`` returns ``module`` itself for ``"torch"``, else an ``OnnxModule``: the
+same network exported to ONNX (torch's exporter) and run by an ONNX Runtime CPU session with the torch thread count,
+called like the module (a float32 tensor in, a tensor out). The export is cached by its content key (the weights,
+the input shape, torch and the exporter's version) in ``cache_dir``, so only the first run pays for it (seconds a
+network); an ONNX file is a graph, never a pickle. The batch dimension is dynamic unless ``dynamic_batch=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger("nasal.inference")
+RUNTIMES = ("torch", "onnxruntime")
+OPSET = 18
+
+
+def default_cache_dir() -> Path:
+    """Where exports are cached when the config gives no folder: the system's temporary folder."""
+    return Path(tempfile.gettempdir()) / "nasal_onnx"
+
+
+def content_key(module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool) -> str:
+    """A digest of everything the exported graph depends on: weights, buffers, class, input shape, versions."""
+    import onnx
+
+    digest = hashlib.sha256()
+    digest.update(f"{type(module).__qualname__}|{list(input_shape)}|{dynamic_batch}|{OPSET}".encode())
+    digest.update(f"{torch.__version__}|{onnx.__version__}".encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def export_onnx(module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool = True) -> bytes:
+    """``module`` (eval mode, on the CPU) as an ONNX model: input ``x`` of ``input_shape``, output ``y``."""
+    module = module.eval()
+    example = torch.rand(*input_shape)
+    dims = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=dims,
+            opset_version=OPSET,
+            verbose=False,
+        )
+    return program.model_proto.SerializeToString()
+
+
+def cached_export(
+    module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool = True, cache_dir: str | Path | None = None
+) -> Path:
+    """The ONNX file of ``module`` in ``cache_dir`` (exported and written atomically when not there yet)."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{type(module).__name__.lower()}-{content_key(module, input_shape, dynamic_batch)}.onnx"
+    if not path.is_file():
+        logger.info("exporting %s to ONNX (%s); cached for later runs", type(module).__name__, path)
+        data = export_onnx(module, input_shape, dynamic_batch)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def session(model: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of ``model`` using ``threads`` intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModule(nn.Module):
+    """A network run by ONNX Runtime, called like the torch module it was exported from (CPU tensors out).
+
+    Attributes set on the torch module that inference reads (e.g. the generator's ``region`` settings) are
+    copied by ``for_runtime``; ``train()``/``eval()`` change nothing (the graph is an inference graph).
+    """
+
+    def __init__(self, model: str | Path | bytes, threads: int | None = None, name: str = "") -> None:
+        super().__init__()
+        self.session = session(model, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.name = name
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (out,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(out)
+
+
+def for_runtime(
+    module: nn.Module,
+    runtime: str,
+    input_shape: Sequence[int],
+    dynamic_batch: bool = True,
+    cache_dir: str | Path | None = None,
+    keep_attributes: Sequence[str] = ("region", "config"),
+) -> nn.Module:
+    """``module`` (eager torch) or its ONNX Runtime twin, by ``runtime`` (``"torch"`` or ``"onnxruntime"``).
+
+    ONNX Runtime is used on the CPU only: a module on another device is returned as it is, with a log line.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "torch":
+        return module
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    if device.type != "cpu":
+        logger.info("runtime onnxruntime is CPU only: %s stays in torch on %s", type(module).__name__, device)
+        return module
+    path = cached_export(module, input_shape, dynamic_batch, cache_dir)
+    twin = OnnxModule(path, name=type(module).__name__)
+    for attr in keep_attributes:
+        if hasattr(module, attr):
+            setattr(twin, attr, getattr(module, attr))
+    return twin
+
+
+def max_difference(a: Any, b: Any) -> float:
+    """The largest absolute difference between two outputs (tensors or arrays)."""
+    x = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    y = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    return float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) if x.size else 0.0
