@@ -6,10 +6,11 @@
                                                                                       |
     PACS (--forward) <--C-STORE SC + SR, retried with back-off-- forwarder <-- outbox/ (SC + SR)
 
-- The Storage SCP accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary
-  Capture in the usual transfer syntaxes, and C-ECHO. Any other SOP class is refused at association negotiation;
-  an image that the input guard (``scripts.input_guard.refusal``: modality, body part, colour, frames) refuses is
-  answered with a failure status and the reason in Error Comment. Both are logged with their reason.
+- The Storage SCP takes Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary
+  Capture in the usual transfer syntaxes, and answers C-ECHO. Every other storage SOP class is negotiated too, so
+  that each image sent by mistake gets a clear answer: the input guard (``scripts.input_guard.refusal``: SOP class,
+  modality, body part, colour, frames) refuses it with status 0122 (SOP class not supported) or C000 and the reason
+  in Error Comment, and the node logs that reason, one line an image.
 - An accepted image is written to disk and fsync'ed (``clinic.dicom_queue``) before the C-STORE is answered, so a
   sender whose C-STORE succeeded never needs to send it again: a busy node queues, a restarted node resumes.
 - One worker thread runs the queue through the bundle's inference (``clinic.engine.WarmInference``, models loaded
@@ -42,7 +43,6 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -56,7 +56,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from scripts.input_guard import RADIOGRAPH_SOP_CLASSES, refusal
@@ -77,7 +77,7 @@ TRANSFER_SYNTAXES = UNCOMPRESSED + [
     JPEG2000,
     RLELossless,
 ]
-SUCCESS, REFUSED, OUT_OF_RESOURCES, FAILED = 0x0000, 0xC000, 0xA700, 0xC001
+SUCCESS, NOT_SUPPORTED, REFUSED, OUT_OF_RESOURCES, FAILED = 0x0000, 0x0122, 0xC000, 0xA700, 0xC001
 WARNINGS = (0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007)  # stored, with a warning: counts as stored
 AET_PATTERN = re.compile(r"^[ -\[\]-~]{1,16}$")  # 1-16 printable characters, no backslash
 
@@ -197,10 +197,10 @@ class DicomNode:
         waiting = self.queue.recover()
         ae = AE(ae_title=self.aet)
         ae.maximum_pdu_size = 0  # no limit on what the sender's PDUs may hold
-        for sop_class in RADIOGRAPH_SOP_CLASSES:
-            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:  # refused image by image, with a reason (see the docstring)
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted)]
+        handlers = [(evt.EVT_C_STORE, self._on_store)]
         self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         if self.port == 0:
             self.port = self._server.server_address[1]
@@ -242,17 +242,6 @@ class DicomNode:
         return not self.queue.pending() and not self.queue.outbox()
 
     # --- Storage SCP -------------------------------------------------------------------------------------------
-    def _on_accepted(self, event: Any) -> None:
-        """Log the SOP classes an association proposed that the node does not take (a CT, an MR...)."""
-        refused = {cx.abstract_syntax for cx in event.assoc.rejected_contexts if cx.result == 0x03}
-        for sop_class in sorted(refused):
-            name = UID(sop_class).name
-            logger.warning(
-                "refused from %s: %s is not a radiograph SOP class (assessed: CR, DX, Secondary Capture)",
-                event.assoc.requestor.ae_title,
-                name if name != sop_class else f"SOP class {sop_class}",
-            )
-
     def _on_store(self, event: Any) -> Dataset | int:
         """Answer a C-STORE only once the image is on disk (fsync'ed) and queued; refuse what is not assessed."""
         sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -264,7 +253,8 @@ class DicomNode:
             return _status(FAILED, "unreadable data set")
         if reason:
             logger.warning("refused sop#%s from %s: not assessed: %s", uid_hash(sop_uid), sender, reason)
-            return _status(REFUSED, f"not assessed: {reason}")
+            supported = str(event.context.abstract_syntax) in RADIOGRAPH_SOP_CLASSES
+            return _status(REFUSED if supported else NOT_SUPPORTED, f"not assessed: {reason}")
 
         def write(f: IO[bytes]) -> None:
             f.write(b"\x00" * 128 + b"DICM")
