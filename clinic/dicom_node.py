@@ -161,6 +161,7 @@ class DicomNode:
         retry_interval, max_retry_interval: seconds between tries to reach the destination (doubling).
         max_attempts: tries for results that the destination refuses with a failure status before ``failed/``.
         timeout: seconds for each network step when sending (connection, association, C-STORE answer).
+        allowed_callers: AE titles that may associate (others are rejected); None: any.
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class DicomNode:
         max_retry_interval: float = 300.0,
         max_attempts: int = 20,
         timeout: float = 30.0,
+        allowed_callers: list[str] | None = None,
     ) -> None:
         self.queue = DicomQueue(Path(work_dir) / "queue")
         self._engine_source = engine
@@ -182,6 +184,7 @@ class DicomNode:
         self.forward, self.aet, self.host, self.port = forward, check_aet(aet), host, int(port)
         self.retry_interval, self.max_retry_interval = float(retry_interval), float(max_retry_interval)
         self.max_attempts, self.timeout = int(max_attempts), float(timeout)
+        self.allowed_callers = [check_aet(a) for a in allowed_callers] if allowed_callers else None
         self._stop = threading.Event()
         self._work = threading.Event()  # something new in the inbox
         self._results = threading.Event()  # something new in the outbox
@@ -197,10 +200,12 @@ class DicomNode:
         waiting = self.queue.recover()
         ae = AE(ae_title=self.aet)
         ae.maximum_pdu_size = 0  # no limit on what the sender's PDUs may hold
+        if self.allowed_callers:
+            ae.require_calling_aet = self.allowed_callers
         for context in AllStoragePresentationContexts:  # refused image by image, with a reason (see the docstring)
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
         self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         if self.port == 0:
             self.port = self._server.server_address[1]
@@ -242,6 +247,17 @@ class DicomNode:
         return not self.queue.pending() and not self.queue.outbox()
 
     # --- Storage SCP -------------------------------------------------------------------------------------------
+    def _on_rejected(self, event: Any) -> None:
+        """Log an association the node rejected: a calling AE title not in ``allowed_callers``."""
+        assoc = event.assoc
+        logger.warning(
+            "rejected an association from %s (%s:%s) calling %s: not an allowed caller (--allow-aet)",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            assoc.acceptor.ae_title,
+        )
+
     def _on_store(self, event: Any) -> Dataset | int:
         """Answer a C-STORE only once the image is on disk (fsync'ed) and queued; refuse what is not assessed."""
         sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -400,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-retry-interval", type=float, default=300.0, help="longest wait, s (default 300)")
     parser.add_argument("--max-attempts", type=int, default=20, help="tries for results the destination refuses")
     parser.add_argument("--timeout", type=float, default=30.0, help="network timeout when sending, s (default 30)")
+    parser.add_argument(
+        "--allow-aet", action="append", default=None, help="a calling AE title that may send (repeat; default: any)"
+    )
     args = parser.parse_args(argv)
     try:
         forward = Destination.parse(args.forward)
@@ -416,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             max_retry_interval=args.max_retry_interval,
             max_attempts=args.max_attempts,
             timeout=args.timeout,
+            allowed_callers=args.allow_aet,
         )
         node.start()
     except (ValueError, OSError) as err:

@@ -206,6 +206,24 @@ def test_a_killed_node_resumes_its_queue_on_restart(engine, models, orthanc, tmp
             assert needle not in text
 
 
+def test_only_allowed_callers_may_send(engine, orthanc, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    forward = Destination.parse(orthanc.destination)
+    guarded = DicomNode(tmp_path / "node", engine, forward, AET, port=0, allowed_callers=["PACS"], **RETRY)
+    guarded.start()
+    try:
+        for caller, expected in (("MODALITY", False), ("PACS", True)):
+            ae = AE(ae_title=caller)
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", guarded.port, ae_title=AET)
+            assert assoc.is_established is expected, caller
+            if assoc.is_established:
+                assoc.release()
+    finally:
+        guarded.stop()
+    assert "rejected an association from MODALITY" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [("ORTHANC@host", "expected AET@host:port"), ("@h:1", "expected AET@host:port"), ("A@h:99999", "expected")],
