@@ -351,7 +351,9 @@ class DicomNode:
                 continue
             qid = waiting[0]
             try:
-                store_files(self.queue.results(qid), self.forward, self.aet, self.timeout, self.queue.sent)
+                files = self.queue.results(qid)  # none left: all were stored before a crash or stop
+                if files:
+                    store_files(files, self.forward, self.aet, self.timeout, self.queue.sent)
             except ForwardError as err:
                 if err.refused:
                     attempts[qid] = attempts.get(qid, 0) + 1

@@ -206,6 +206,23 @@ def test_a_killed_node_resumes_its_queue_on_restart(engine, models, orthanc, tmp
             assert needle not in text
 
 
+def test_an_outbox_item_whose_results_were_all_stored_is_closed(engine, orthanc, tmp_path) -> None:
+    """A crash after the last C-STORE and before the item was closed: the restarted node closes it, sends nothing."""
+    from clinic.dicom_queue import DicomQueue, write_json
+
+    queue = DicomQueue(tmp_path / "node" / "queue")
+    qid = queue.new_id("1.2.3")
+    (queue.folder("outbox") / qid).mkdir()
+    write_json(queue.folder("outbox") / qid / "record.json", {"queue_id": qid, "received_at": time.time()})
+    restarted = DicomNode(tmp_path / "node", engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
+    restarted.start()
+    try:
+        _wait(restarted.idle, 10, "the item closed")
+    finally:
+        restarted.stop()
+    assert (queue.folder("done") / f"{qid}.json").is_file()
+
+
 def test_only_allowed_callers_may_send(engine, orthanc, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO)
     forward = Destination.parse(orthanc.destination)
