@@ -40,6 +40,8 @@ logger = logging.getLogger("nasal.service")
 STATIC = Path(__file__).resolve().parent / "static"
 RESULT_NAME = re.compile(r"^[0-9a-f]{32}(\.json|_(overlay|region|heatmap|xray|crop|repaired)\.png)$")
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}")
+# the bundle command's advice, as it applies to the service
+BUNDLE_HINT = ("pass --allow_any_modality True to run it anyway", "this service assesses head radiographs only")
 LINKED = ("overlay", "region_mask", "heatmap")  # the record's own file names, also given as links
 # the viewer page and its files may load only what this service serves (and the pictures it draws)
 PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'"
@@ -195,7 +197,7 @@ class Service:
         self.sweep()
         seconds = time.perf_counter() - start
         if "error" in record:
-            message = str(record["error"]).removeprefix(f"{request_id}: ")
+            message = str(record["error"]).removeprefix(f"{request_id}: ").replace(*BUNDLE_HINT)
             logger.info(
                 "request %s: %s %s not assessed in %.0f ms", request_id, path.suffix, megabytes(size), 1e3 * seconds
             )

@@ -5,7 +5,7 @@ then ``requests`` one after another from one client, and ``requests`` again shar
 clients (each on its own keep-alive connection). Latency is what a client waits for the whole answer (upload,
 inference, JSON); the service handles one inference at a time, so under concurrency requests queue.
 
-    PYTHONPATH=bundle python -m clinic.service_bench [--models-dir DIR] [--requests 50] [--clients 4]
+    PYTHONPATH=bundle python -m clinic.service_bench [--models-dir DIR] [--requests 50] [--clients 4] [--out FILE]
 """
 
 from __future__ import annotations
@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=50)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     a = p.parse_args(argv)
-    print(json.dumps(bench_service(a.models_dir, a.requests, a.clients, device=a.device), indent=2))
+    figures = json.dumps(bench_service(a.models_dir, a.requests, a.clients, device=a.device), indent=2)
+    print(figures)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(figures + "\n")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ def test_a_ct_dicom_is_not_assessed_and_no_identity_reaches_the_logs(service, ca
     ct.save_as(path)
     with caplog.at_level(logging.INFO):
         res = _post(client, path.read_bytes(), filename=f"{PATIENT}.dcm")
-    assert res.status_code == 422 and res.json()["detail"].startswith("not assessed"), res.text
+    detail = res.json()["detail"]
+    assert res.status_code == 422 and detail.startswith("not assessed: Modality CT"), res.text
+    assert "head radiographs only" in detail and "--allow_any_modality" not in detail  # the service's own advice
     assert res.json()["request_id"] in caplog.text  # logged by its request id...
     for secret in (PATIENT, "MRN-9911", "CompressedSamples", "ct.dcm"):  # ...never by name or DICOM attribute
         assert secret not in caplog.text and secret not in res.text

@@ -209,9 +209,16 @@ async function assess(file) {
     const res = await fetch("/predict", { method: "POST", body: form });
     const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
     if (!res.ok) {
-      const prefix = res.status === 422 ? "Not assessed" : res.status === 503 ? "Busy" : "Upload refused";
-      showMessage(`${prefix}: ${body.detail}`);
-      $("finding").textContent = res.status === 422 ? "Not assessed" : "No result";
+      const detail = String(body.detail || `HTTP ${res.status}`);
+      if (res.status === 422) {
+        const text = /^not assessed/i.test(detail) ? detail : `Not assessed: ${detail}`;
+        showMessage(text.charAt(0).toUpperCase() + text.slice(1));
+        $("finding").className = "finding not-assessable";
+        $("finding").textContent = "Not assessed";
+      } else {
+        showMessage(`${res.status === 503 ? "Busy" : "Upload refused"}: ${detail}`);
+        $("finding").textContent = "No result";
+      }
       return;
     }
     showMessage("");
