@@ -114,11 +114,11 @@ class Service:
     def sweep(self, now: float | None = None) -> int:
         """Delete results older than ``retention_s`` (and any upload left over); how many files were deleted."""
         now = time.time() if now is None else now
-        deleted = 0
-        for folder, age in ((self.results, self.settings.retention_s), (self.uploads, self.settings.retention_s)):
+        retention, deleted = self.settings.retention_s, 0
+        for folder in (self.results, self.uploads):
             for path in folder.iterdir():
                 try:
-                    if path.is_file() and REQUEST_ID.match(path.name) and now - path.stat().st_mtime >= age:
+                    if path.is_file() and REQUEST_ID.match(path.name) and now - path.stat().st_mtime >= retention:
                         path.unlink()
                         deleted += 1
                 except FileNotFoundError:  # deleted meanwhile
@@ -126,7 +126,7 @@ class Service:
         return deleted
 
     async def sweeper(self) -> None:
-        """Sweep every so often while the service runs."""
+        """Sweep every so often while the service runs (every minute; more often for a shorter retention)."""
         while True:
             await asyncio.sleep(min(60.0, max(1.0, self.settings.retention_s / 4)))
             self.sweep()
@@ -194,7 +194,6 @@ class Service:
             return error(err.status, err.message, request_id)
         loop = asyncio.get_running_loop()
         record = await loop.run_in_executor(self.executor, self.assess, path, request_id)
-        self.sweep()
         seconds = time.perf_counter() - start
         if "error" in record:
             message = str(record["error"]).removeprefix(f"{request_id}: ").replace(*BUNDLE_HINT)

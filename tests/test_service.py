@@ -173,6 +173,19 @@ def test_results_are_deleted_after_the_retention_time(service, xrays) -> None:
     assert gone.status_code == 404 and "deleted" in gone.json()["detail"]
 
 
+def test_a_running_service_deletes_results_by_itself(service, xrays) -> None:
+    from clinic.service import ServiceSettings, create_app
+
+    _, svc = service
+    settings = ServiceSettings(work_dir=svc.settings.work_dir, retention_s=1)  # the same engine, kept for 1 s
+    with TestClient(create_app(settings, svc.engine)) as client:
+        answer = _post(client, xrays["png8"].read_bytes()).json()
+        deadline = time.time() + 10
+        while list(svc.results.glob(f"{answer['request_id']}*")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not list(svc.results.glob(f"{answer['request_id']}*"))
+
+
 @pytest.mark.parametrize("name", ["..%2F..%2Fetc%2Fpasswd", "x.png", "0" * 32 + "_secret.txt"])
 def test_only_result_files_are_served(service, name) -> None:
     client, _ = service
