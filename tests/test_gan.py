@@ -35,8 +35,8 @@ class MeanLogit(nn.Module):
         f = self.features(t)
         return f, f[:, :1]
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.features(t)[:, :1]
+    def forward(self, t: torch.Tensor, with_features: bool = False):
+        return self.features_and_logit(t) if with_features else self.features(t)[:, :1]
 
 
 @pytest.mark.parametrize(

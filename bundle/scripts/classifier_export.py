@@ -20,6 +20,7 @@ from torch import nn
 
 from .checkpoint import state_dict_from
 from .classifier import save_classifier
+from .distributed import unwrap, whole_dataset_loader
 from .evaluation import (
     binary_metrics,
     choose_threshold,
@@ -107,7 +108,9 @@ def export_classifier(
 ) -> Path:
     """Load the best weights (if saved); on the validation split fit the calibration (``"temperature"``, or
     ``"none"``: T = 1), then choose the main threshold and the two operating points on the calibrated
-    probabilities; write ``classifier.pt``."""
+    probabilities; write ``classifier.pt``. Under DDP (rank 0) the network's module runs on every validation crop,
+    as in one process."""
+    network, val_loader = unwrap(network), whole_dataset_loader(val_loader)
     if Path(best_path).is_file():
         network.load_state_dict(state_dict_from(best_path))
     else:

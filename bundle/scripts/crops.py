@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 from PIL import Image
 
@@ -65,8 +66,38 @@ def ensure_crops(
     ``"landmarks"`` (ground-truth landmark boxes). With ``source="detector"`` and no weights, the
     landmark boxes are used only if ``fallback_to_landmarks`` is true; otherwise it is an error.
     Images where the detector finds nothing fall back to their landmark box and are counted in
-    ``crops.json``, which records the box source actually used.
+    ``crops.json``, which records the box source actually used. Under DDP, rank 0 builds it first; the other ranks
+    then find it.
     """
+    with idist.one_rank_first():
+        return _ensure_crops(
+            dataset_dir,
+            split_file,
+            out_dir,
+            size,
+            source,
+            detector_weights,
+            margin,
+            fallback_to_landmarks,
+            detector_kwargs,
+            fractions,
+            seed,
+        )
+
+
+def _ensure_crops(
+    dataset_dir: str,
+    split_file: str,
+    out_dir: str,
+    size: int,
+    source: str,
+    detector_weights: str | None,
+    margin: float,
+    fallback_to_landmarks: bool,
+    detector_kwargs: dict | None,
+    fractions: list[float] | None,
+    seed: int | None,
+) -> Path:
     ensure_split(dataset_dir, split_file, fractions, seed)
     parts = crop_parts(dataset_dir, split_file, size, source, detector_weights, margin, fallback_to_landmarks)
     parts["detector_kwargs"] = fingerprint.digest(detector_kwargs or {})

@@ -218,6 +218,8 @@ class DetectorTrainer(Engine):
     whether training finished). An unfinished run with the same settings and a ``last.pt`` resumes;
     anything else (a finished run, changed settings or data) trains from scratch. ``train_handlers`` are
     attached like MONAI's ``Trainer`` does; a handler calling ``terminate()`` stops Ultralytics after the epoch.
+    With ``devices`` (``"0,1,2,3"``) Ultralytics trains in DDP workers of its own: the handlers then see each
+    epoch (from ``results.csv``) when training ends, and cannot stop it early.
     """
 
     def __init__(
@@ -239,6 +241,7 @@ class DetectorTrainer(Engine):
         seed: int = 0,
         threads: int | None = None,
         train_handlers: Sequence | None = None,
+        devices: str | None = None,
     ):
         super().__init__(self._no_step)
         self.data_yaml, self.run_dir, self.weights_out = data_yaml, Path(run_dir), Path(weights_out)
@@ -261,7 +264,8 @@ class DetectorTrainer(Engine):
             "project": str(self.run_dir.parent.resolve()),
             "name": self.run_dir.name,
         }
-        self.device = ultralytics_device(device)
+        # Ultralytics' device: "0,1,2,3" (``devices``) is its own multi-GPU training (DDP workers it launches)
+        self.device = str(devices) if devices else ultralytics_device(device)
         self.torch_device = _torch_device(device)  # for the bundle's own detector (the confidence floor)
         self.train_handlers = list(train_handlers or [])
         for handler in self.train_handlers:
@@ -327,6 +331,21 @@ class DetectorTrainer(Engine):
         if self.should_terminate:
             tr.stop = True
 
+    def multi_device(self) -> bool:
+        """Whether Ultralytics trains on several GPUs (its own DDP workers)."""
+        return "," in self.device
+
+    def _replay(self, rows: list[dict]) -> None:
+        """Each epoch of ``results.csv`` as one Ignite iteration and epoch, after multi-GPU training."""
+        for row in rows:
+            metrics = {metric_name(k): float(v) for k, v in row.items() if k not in ("epoch", "time") and v}
+            self.state.epoch = int(float(row["epoch"]))
+            self.state.iteration = self.state.epoch * self.state.epoch_length
+            self.state.metrics = metrics
+            self.state.output = [{"loss": sum(v for k, v in metrics.items() if k.startswith("train_"))}]
+            self.fire_event(Events.ITERATION_COMPLETED)
+            self.fire_event(Events.EPOCH_COMPLETED)
+
     def run(self) -> dict:  # type: ignore[override]
         """Train or resume; write ``detector.pt``; return the summary."""
         prepare_ultralytics(self.run_dir.parent / "ultralytics")
@@ -351,7 +370,8 @@ class DetectorTrainer(Engine):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"fingerprint": key, "complete": False}))
             yolo = YOLO(str(last) if resume else self.model, task="detect")
-            yolo.add_callback("on_fit_epoch_end", self._epoch_end)
+            if not self.multi_device():  # Ultralytics' DDP workers get a pickled copy of the callbacks: not this engine
+                yolo.add_callback("on_fit_epoch_end", self._epoch_end)
             if resume:
                 logger.info("detector: resuming the interrupted run from %s", last)
                 workers, cache = self.args.get("workers", 0), self.args.get("cache", False)
@@ -365,6 +385,8 @@ class DetectorTrainer(Engine):
             raise
         seconds = time.perf_counter() - t0
         rows = _results(self.run_dir)
+        if self.multi_device():
+            self._replay(rows)
         final = rows[-1] if rows else {}
         summary = {
             "mode": "resumed" if resume else "trained",

@@ -200,6 +200,8 @@ class LossProgressBar:
     written to files are not flooded with carriage-return updates.
     """
 
+    writes_only = True  # under DDP, rank 0's alone (scripts.distributed.for_this_rank)
+
     def __init__(self, persist: bool = False, mininterval: float | None = None) -> None:
         if mininterval is None:
             mininterval = 0.1 if sys.stderr.isatty() else 30.0
@@ -240,6 +242,8 @@ class SampleImages:
     (the config's ``log_images``): then, when the engine completes, ``save_dir`` is logged as the ``samples`` artifact
     folder of the MLflow run ``run_name`` (the stage's run; made and ended here if none of that name is open).
     """
+
+    writes_only = True  # under DDP, rank 0's alone (scripts.distributed.for_this_rank)
 
     def __init__(
         self,

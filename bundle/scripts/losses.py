@@ -49,9 +49,9 @@ def gd_generator_loss(
     lat_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """L_G = adv_weight L_adv,G + con_weight L_con + lat_weight L_lat (gradients reach G through ``fake``)."""
-    feat_fake, logit_fake = d_net.features_and_logit(fake)
+    feat_fake, logit_fake = d_net(fake, with_features=True)  # D is called, never its methods: it may be in DDP
     with torch.no_grad():
-        feat_real = d_net.features(x)
+        feat_real, _ = d_net(x, with_features=True)
     adv = bce_to(logit_fake, 1.0)
     con = torch.mean(torch.abs(x - fake))
     lat = F.mse_loss(feat_fake, feat_real)
@@ -62,8 +62,8 @@ def gd_discriminator_loss(
     x: torch.Tensor, fake: torch.Tensor, d_net, adv_weight: float = 1.0, lat_weight: float = 1.0
 ) -> dict[str, torch.Tensor]:
     """L_D = adv_weight L_adv,D + lat_weight L_lat (``fake`` is detached: only D learns from this loss)."""
-    feat_real, logit_real = d_net.features_and_logit(x)
-    feat_fake, logit_fake = d_net.features_and_logit(fake.detach())
+    feat_real, logit_real = d_net(x, with_features=True)
+    feat_fake, logit_fake = d_net(fake.detach(), with_features=True)
     adv = bce_to(logit_real, 1.0) + bce_to(logit_fake, 0.0)
     lat = F.mse_loss(feat_fake, feat_real)
     return {"loss": adv_weight * adv + lat_weight * lat, "adv_d": adv, "lat_d": lat}

@@ -27,6 +27,7 @@ from monai.transforms.utils import rescale_array
 from torch import nn
 
 from .checkpoint import CheckpointError
+from .distributed import unwrap
 from .networks import load_networks, save_networks
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ def save_region_model(
     device: str | torch.device = "cpu",
     info: dict | None = None,
 ) -> Path:
-    """Calibrate the region threshold on validation and write the step-2 checkpoint (``info["region"]``)."""
+    """Calibrate the region threshold on validation and write the step-2 checkpoint (``info["region"]``); a DDP
+    generator's module runs in this process alone."""
+    generator = unwrap(generator)
     region = calibrate_region(generator, val_records, sigma, device)
     return save_networks(path, info={**(info or {}), "region": region}, generator=generator)

@@ -23,6 +23,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 from . import checkpoint
+from .distributed import unwrap
 
 
 class Generator(nn.Module):
@@ -101,21 +102,24 @@ class Discriminator(nn.Module):
         """D_feat: the FC layer's output before the real/fake output, ``(B, feature_dim)``."""
         return self.fc(self.pool(self.convs(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Real/fake logit ``(B, 1)`` (real = 1)."""
-        return self.out(self.features(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Real/fake logit ``(B, 1)`` (real = 1); with ``with_features``, ``(D_feat, logit)`` from one pass (through
+        ``forward``, so that a DDP D syncs its gradients)."""
+        f = self.features(x)
+        return (f, self.out(f)) if with_features else self.out(f)
 
     def features_and_logit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both outputs from one pass."""
-        f = self.features(x)
-        return f, self.out(f)
+        return self(x, with_features=True)
 
 
 NETWORKS = {"generator": Generator, "discriminator": Discriminator}
 
 
 def save_networks(path: str | Path, info: dict | None = None, **networks: nn.Module) -> Path:
-    """Write ``networks`` (``generator=``, ``discriminator=``) and ``info`` (plain types) as one GAN checkpoint."""
+    """Write ``networks`` (``generator=``, ``discriminator=``; the module of a DDP one) and ``info`` (plain types)
+    as one GAN checkpoint."""
+    networks = {name: unwrap(net) for name, net in networks.items()}
     unknown = sorted(set(networks) - set(NETWORKS))
     if unknown:
         raise ValueError(f"unknown network name(s) {unknown}, expected some of {sorted(NETWORKS)}")
