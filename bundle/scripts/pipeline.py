@@ -8,6 +8,12 @@ its weights in ``models_dir`` record (``<weights>.fingerprint.json``) the finger
 now: its config values, the dataset, the split and the upstream weights (``stage_parts``); otherwise it
 trains and the log says why. A stage named in ``retrain`` (or every stage, ``retrain: true``) always
 trains, from scratch: its old resumption checkpoints under ``output_dir/<stage>`` are deleted first.
+
+Started by ``torchrun`` (several processes), rank 0 leads: it checks the data, decides, tracks and writes as above,
+and hands each crop stage's job (its configs plus its ``multi_gpu`` ones, e.g. ``multi_gpu_train.yaml``) to the other
+ranks, which train it with it in DDP; the processes keep one process group for the whole chain. What one process
+does (the detector, which Ultralytics trains on the node's GPUs with DDP workers of its own, and every evaluation)
+rank 0 runs as a child process outside the group while the others wait.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
-from . import BUNDLE_ROOT, fingerprint
+from . import BUNDLE_ROOT, distributed, fingerprint
 from .data_validation import require_valid_dataset
 from .resume import clear_checkpoints
 from .splits import ensure_split
@@ -90,6 +100,28 @@ def run_workflow(files: list[str], overrides: dict[str, Any], tracking: str | di
     finally:
         workflow.finalize()
     return workflow
+
+
+def run_workflow_alone(files: list[str], overrides: dict[str, Any], tracking: dict | None, job_file: Path) -> None:
+    """``run_workflow`` in a child process (``python -m monai.bundle run --args_file job_file``) without torchrun's
+    variables: a single process outside this one's process group."""
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(json.dumps({"config_file": files, "tracking": tracking, **overrides}, indent=2, default=str))
+    command = [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(job_file)]
+    subprocess.run(command, env=distributed.plain_environment(), check=True)
+
+
+def node_gpus() -> str | None:
+    """This node's GPUs for Ultralytics' own multi-GPU training (``"0,1,2,3"``: one a torchrun process), or None
+    (the CPU, or a single GPU)."""
+    n = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return ",".join(str(i) for i in range(n)) if torch.cuda.is_available() and n > 1 else None
+
+
+def follow() -> None:
+    """A rank above 0 of a torchrun launch: train each crop stage rank 0 hands over (DDP), until it hands None."""
+    while (job := distributed.share()) is not None:
+        run_workflow(job["files"], job["overrides"], tracking=None)
 
 
 def _wanted(stage: str, retrain: bool | list[str] | str) -> bool:
@@ -180,11 +212,43 @@ def train_all(
     stage_args: dict | None = None,
     only: list[str] | str | None = None,
     log_images: bool = False,
+    ddp_timeout_minutes: float = 720.0,
 ) -> dict:
     """Train (and evaluate) ``stages`` in order; return and write ``output_dir/pipeline.json``.
 
-    ``log_images``: pictures made from the X-rays go to MLflow too (every stage's ``log_images``).
+    ``log_images``: pictures made from the X-rays go to MLflow too (every stage's ``log_images``). Started by
+    torchrun, the processes join one process group (whose waits may last ``ddp_timeout_minutes``: rank 0 trains the
+    detector and evaluates alone); rank 0 leads and returns the summary, the others ``follow`` and return ``{}``.
     """
+    if not distributed.launched():
+        return _train_all(**{k: v for k, v in locals().items() if k != "ddp_timeout_minutes"})
+    leader_args = {k: v for k, v in locals().items() if k != "ddp_timeout_minutes"}
+    distributed.start(distributed.local_device(), timeout_minutes=ddp_timeout_minutes)
+    try:
+        if not distributed.is_main():
+            follow()
+            return {}
+        summary = _train_all(**leader_args)
+        distributed.share(None)  # the other ranks stop following
+        return summary
+    finally:
+        distributed.stop()
+
+
+def _train_all(
+    stages: list[dict],
+    profile: str,
+    dataset_dir: str,
+    output_dir: str,
+    models_dir: str | None,
+    tracking_uri: str | None,
+    retrain: bool | list[str] | str,
+    evaluate: bool,
+    experiment_name: str,
+    stage_args: dict | None,
+    only: list[str] | str | None,
+    log_images: bool,
+) -> dict:
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     models = Path(models_dir) if models_dir else BUNDLE_ROOT / "models"
@@ -258,6 +322,20 @@ def train_all(
     return summary
 
 
+def _train_stage(stage: dict, files: list[str], overrides: dict, stage_dir: Path) -> None:
+    """Train one stage: in this process; under torchrun (rank 0), a crop stage in DDP on every rank (with its
+    ``multi_gpu`` configs), the detector in a child process where Ultralytics uses the node's GPUs."""
+    if distributed.world_size() == 1:
+        run_workflow(files, overrides, tracking_settings())
+    elif stage.get("multi_gpu"):
+        files = [*files, *(str(CONFIGS / f) for f in stage["multi_gpu"])]
+        distributed.share({"files": files, "overrides": overrides})
+        run_workflow(files, overrides, tracking_settings())
+    else:
+        job = {**overrides, "detector#devices": node_gpus()}
+        run_workflow_alone(files, job, tracking_settings(), stage_dir / "train_job.json")
+
+
 def _run_stage(
     stage: dict,
     i: int,
@@ -291,12 +369,16 @@ def _run_stage(
         stage_dir.mkdir(parents=True, exist_ok=True)
         # the executed config, as MONAI's tracking writes it and logs it into the stage's run
         stage_overrides["save_execute_config"] = str(stage_dir.resolve() / "config.json")
-        run_workflow(files, stage_overrides, tracking_settings())
+        _train_stage(stage, files, stage_overrides, stage_dir)
         result["train_seconds"] = round(time.perf_counter() - start, 1)
         if evaluate and stage.get("evaluate"):
             logger.info("[%d/%d] %s: evaluating", i + 1, n, name)
             start = time.perf_counter()
-            run_workflow(stage_files(stage, "evaluate", profile), stage_overrides, tracking_settings())
+            files = stage_files(stage, "evaluate", profile)
+            if distributed.world_size() > 1:
+                run_workflow_alone(files, stage_overrides, tracking_settings(), stage_dir / "evaluate_job.json")
+            else:
+                run_workflow(files, stage_overrides, tracking_settings())
             result["evaluate_seconds"] = round(time.perf_counter() - start, 1)
         results_dir = Path(overrides["output_dir"]) / stage.get("results", name)
         evaluation = read_json(results_dir / "evaluation.json")
