@@ -52,8 +52,10 @@ test: $(STAMP) system-packages
 test-all: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
+# Speed against this machine's limit (networks, ONNX Runtime vs torch, the inference path, training per epoch):
+# bench/results.json and bench/results.md (under 10 minutes on 2 CPU cores; tools/bench).
 bench: $(STAMP)
-	$(PY) -m tools.bench --out runs/bench
+	$(PY) -m tools.bench --out bench
 
 # The local service and viewer page (clinic/service.py) with the weights in bundle/models, on http://HOST:PORT/;
 # more settings (work folder, upload limit, retention...): .venv/bin/python -m clinic.service --help

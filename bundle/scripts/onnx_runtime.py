@@ -93,6 +93,8 @@ def session(model: str | Path | bytes, threads: int | None = None):
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # no busy-waiting after each run: spinning threads would take the cores from torch and the writer between calls
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

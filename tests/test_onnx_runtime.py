@@ -1,0 +1,72 @@
+"""ONNX Runtime beside eager torch: every inference network gives the same outputs, and the config's runtime switch
+gives the same JSON."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TOLERANCE = 1e-4  # largest absolute difference allowed, times max(1, largest absolute eager output)
+
+
+def _close(eager: torch.Tensor, other: torch.Tensor) -> None:
+    scale = max(1.0, float(eager.abs().max()))
+    assert other.shape == eager.shape
+    assert float((eager - other).abs().max()) <= TOLERANCE * scale
+
+
+def test_each_network_gives_the_same_outputs_in_both_runtimes(models, tmp_path) -> None:
+    from scripts.classifier import load_classifier
+    from scripts.detector import NasalBoneDetector
+    from scripts.masks import load_region_model
+    from scripts.onnx_runtime import OnnxModule, for_runtime
+
+    torch.manual_seed(1)
+    classifier, _ = load_classifier(models / "classifier.pt")
+    generator = load_region_model(models / "gdc2.pt").eval()
+    crops = torch.rand(3, 1, 64, 64)  # a batch of 3: the batch dimension is dynamic
+    for eager in (classifier.eval(), generator):
+        twin = for_runtime(eager, "onnxruntime", (1, 1, 64, 64), cache_dir=tmp_path)
+        assert isinstance(twin, OnnxModule) and for_runtime(eager, "torch", (1, 1, 64, 64)) is eager
+        with torch.no_grad():
+            _close(eager(crops), twin(crops))
+    assert twin.region == generator.region  # what region_map reads travels with the twin
+    torch_det = NasalBoneDetector(models / "detector.pt", conf=0.0)
+    onnx_det = NasalBoneDetector(models / "detector.pt", conf=0.0, runtime="onnxruntime", cache_dir=tmp_path)
+    x = torch.rand(1, 3, torch_det.imgsz, torch_det.imgsz)
+    with torch.no_grad():
+        _close(torch_det.network(x), onnx_det.network(x))
+    image = torch.rand(90, 70).numpy()
+    (box_t, conf_t), (box_o, conf_o) = torch_det.predict(image), onnx_det.predict(image)
+    assert conf_o == pytest.approx(conf_t, abs=1e-4) and box_o == pytest.approx(box_t, abs=1e-2)
+    assert len(list(tmp_path.glob("*.onnx"))) == 3  # cached by content: a second build exports nothing
+    NasalBoneDetector(models / "detector.pt", runtime="onnxruntime", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 3
+
+
+def test_an_unknown_runtime_is_refused() -> None:
+    from scripts.onnx_runtime import for_runtime
+
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        for_runtime(torch.nn.Conv2d(1, 1, 3), "tensorrt", (1, 1, 8, 8))
+
+
+def test_the_runtime_switch_gives_the_same_json(models, inputs, tmp_path) -> None:
+    from clinic.engine import WarmInference
+    from tests.test_inference import DETECT
+
+    records = {}
+    for runtime in ("torch", "onnxruntime"):
+        engine = WarmInference(
+            tmp_path / runtime, models, "cpu", overrides={DETECT.lstrip("-"): 0.0, "runtime": runtime}
+        )
+        records[runtime] = [engine.predict(inputs / f"xray{i}.png", f"x{i}") for i in range(2)]
+    for eager, onnx in zip(records["torch"], records["onnxruntime"], strict=True):
+        assert set(eager) == set(onnx) and eager["finding"] == onnx["finding"]
+        for key in ("logit", "fracture_probability", "detector_confidence"):
+            assert onnx[key] == pytest.approx(eager[key], abs=1e-4), key
+        assert onnx["nasal_bone_box"] == pytest.approx(eager["nasal_bone_box"], abs=0.11)  # rounded to 0.1 px
+        same = {k: v for k, v in eager.items() if k not in ("logit", "fracture_probability", "detector_confidence")}
+        assert {k: onnx[k] for k in same if k != "nasal_bone_box"} == {
+            k: v for k, v in same.items() if k != "nasal_bone_box"
+        }
