@@ -59,3 +59,24 @@ def inputs(tmp_path_factory) -> Path:
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     (folder / "notes.txt").write_text("not an image")
     return folder
+
+
+@pytest.fixture(scope="module")
+def pacs_engine(models, tmp_path_factory):
+    """The bundle's warm inference on the tiny weights (detector floor 0) as the DICOM node builds it: DICOM outputs
+    in the identity mode for PACS use."""
+    from clinic.engine import WarmInference
+
+    overrides = {"preprocessing#transforms#4#conf": 0.0}  # tests.test_inference.DETECT: an untrained detector finds
+    out = tmp_path_factory.mktemp("engine")
+    return WarmInference(out, models, "cpu", dicom_out=True, keep_patient_identity=True, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A real Orthanc on loopback ports (tests/orthanc.py), stopped after the module."""
+    from tests.orthanc import Orthanc
+
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()

@@ -23,36 +23,18 @@ from pynetdicom.sop_class import Verification
 
 from clinic import REPO_ROOT
 from clinic.dicom_node import Destination, DicomNode
-from tests.orthanc import Orthanc
 from tests.servers import free_port, stop_process_group
 from tests.test_identity import IDENTITY, _source_dicom
-from tests.test_inference import DETECT, ENV
+from tests.test_inference import ENV
 
 AET = "NASALFX"
 RETRY = {"retry_interval": 0.2, "max_retry_interval": 1.0, "timeout": 5.0}
 
 
-@pytest.fixture(scope="module")
-def engine(models, tmp_path_factory):
-    """The bundle's warm inference on the tiny weights (detector floor 0), as the node builds it: identity mode."""
-    from clinic.engine import WarmInference
-
-    out = tmp_path_factory.mktemp("engine")
-    overrides = {DETECT.lstrip("-"): 0.0}
-    return WarmInference(out, models, "cpu", dicom_out=True, keep_patient_identity=True, overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def node(engine, orthanc, tmp_path):
+def node(pacs_engine, orthanc, tmp_path):
     """A node on a free port, forwarding to Orthanc, known to Orthanc as modality ``nasalfx``."""
-    dicom_node = DicomNode(tmp_path / "node", engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
+    dicom_node = DicomNode(tmp_path / "node", pacs_engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
     dicom_node.start()
     orthanc.request("PUT", "/modalities/nasalfx", {"AET": AET, "Host": "127.0.0.1", "Port": dicom_node.port})
     yield dicom_node
@@ -165,7 +147,7 @@ def test_results_wait_while_orthanc_is_down_and_arrive_when_it_is_back(node, ort
     _assert_no_identity(caplog, ds)
 
 
-def test_a_killed_node_resumes_its_queue_on_restart(engine, models, orthanc, tmp_path, caplog) -> None:
+def test_a_killed_node_resumes_its_queue_on_restart(pacs_engine, models, orthanc, tmp_path, caplog) -> None:
     """The command-line node takes an image, is killed with SIGKILL before it could send anything (its destination
     is a closed port), and a new node on the same work folder sends the results to Orthanc."""
     work, port = tmp_path / "node", free_port()
@@ -191,7 +173,7 @@ def test_a_killed_node_resumes_its_queue_on_restart(engine, models, orthanc, tmp
     (queue / "inbox" / "half-written.dcm.part").write_bytes(b"\0" * 10)  # what a crash mid-receipt leaves
 
     caplog.set_level(logging.INFO)
-    restarted = DicomNode(work, engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
+    restarted = DicomNode(work, pacs_engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
     restarted.start()
     try:
         series = orthanc.wait_for_modalities(ds.StudyInstanceUID, {"OT", "SR"}, timeout=60)
@@ -206,7 +188,7 @@ def test_a_killed_node_resumes_its_queue_on_restart(engine, models, orthanc, tmp
             assert needle not in text
 
 
-def test_an_outbox_item_whose_results_were_all_stored_is_closed(engine, orthanc, tmp_path) -> None:
+def test_an_outbox_item_whose_results_were_all_stored_is_closed(pacs_engine, orthanc, tmp_path) -> None:
     """A crash after the last C-STORE and before the item was closed: the restarted node closes it, sends nothing."""
     from clinic.dicom_queue import DicomQueue, write_json
 
@@ -214,7 +196,7 @@ def test_an_outbox_item_whose_results_were_all_stored_is_closed(engine, orthanc,
     qid = queue.new_id("1.2.3")
     (queue.folder("outbox") / qid).mkdir()
     write_json(queue.folder("outbox") / qid / "record.json", {"queue_id": qid, "received_at": time.time()})
-    restarted = DicomNode(tmp_path / "node", engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
+    restarted = DicomNode(tmp_path / "node", pacs_engine, Destination.parse(orthanc.destination), AET, port=0, **RETRY)
     restarted.start()
     try:
         _wait(restarted.idle, 10, "the item closed")
@@ -223,10 +205,10 @@ def test_an_outbox_item_whose_results_were_all_stored_is_closed(engine, orthanc,
     assert (queue.folder("done") / f"{qid}.json").is_file()
 
 
-def test_only_allowed_callers_may_send(engine, orthanc, tmp_path, caplog) -> None:
+def test_only_allowed_callers_may_send(pacs_engine, orthanc, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO)
     forward = Destination.parse(orthanc.destination)
-    guarded = DicomNode(tmp_path / "node", engine, forward, AET, port=0, allowed_callers=["PACS"], **RETRY)
+    guarded = DicomNode(tmp_path / "node", pacs_engine, forward, AET, port=0, allowed_callers=["PACS"], **RETRY)
     guarded.start()
     try:
         for caller, expected in (("MODALITY", False), ("PACS", True)):

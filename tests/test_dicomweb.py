@@ -7,37 +7,18 @@ from __future__ import annotations
 import logging
 
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from clinic.dicomweb import connect, main, run_study
-from tests.orthanc import Orthanc
 from tests.servers import free_port
 from tests.test_dicom_node import _xray
 from tests.test_identity import IDENTITY
-from tests.test_inference import DETECT
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
-@pytest.fixture(scope="module")
-def engine(models, tmp_path_factory):
-    from clinic.engine import WarmInference
-
-    out = tmp_path_factory.mktemp("engine")
-    overrides = {DETECT.lstrip("-"): 0.0}
-    return WarmInference(out, models, "cpu", dicom_out=True, keep_patient_identity=True, overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    yield server
-    server.stop()
-
-
-def test_a_study_is_pulled_assessed_and_its_results_stored(engine, orthanc, tmp_path, caplog) -> None:
+def test_a_study_is_pulled_assessed_and_its_results_stored(pacs_engine, orthanc, tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     paths, sources = zip(*(_xray(tmp_path, index) for index in (11, 12)), strict=True)
     study = sources[0].StudyInstanceUID
@@ -50,7 +31,7 @@ def test_a_study_is_pulled_assessed_and_its_results_stored(engine, orthanc, tmp_
     for path in (*paths, tmp_path / "ct.dcm"):
         orthanc.upload(path)
 
-    results = run_study(connect(orthanc.dicomweb), study, engine, tmp_path / "work")
+    results = run_study(connect(orthanc.dicomweb), study, pacs_engine, tmp_path / "work")
     assert sorted("stored" in r for r in results) == [False, True, True]
     [skipped] = [r for r in results if "skipped" in r]
     assert skipped["skipped"].startswith("not assessed: Modality CT is not a radiograph")
