@@ -58,6 +58,7 @@ class _BrightBoxModel:
 def _stub_detector(imgsz: int) -> NasalBoneDetector:
     det = NasalBoneDetector.__new__(NasalBoneDetector)
     det.model, det.imgsz, det.conf, det.end2end, det.margin = _BrightBoxModel(), imgsz, 0.05, False, 0.3
+    det.network = lambda x: det.model(x)[0]  # the runtime wrapper: raw predictions only (scripts.detector)
     det.device = torch.device("cpu")
     return det
 

@@ -144,7 +144,7 @@ def unwrap(module: nn.Module) -> nn.Module:
 def whole_dataset_loader(loader: DataLoader) -> DataLoader:
     """``loader`` itself, or, when a ``DistributedSampler`` gives it a share of its dataset, a loader over all of it
     in order (same batch size and workers): what rank 0 alone computes on, as one process would."""
-    if not isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+    if not isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):  # any iterable
         return loader
     return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
 
