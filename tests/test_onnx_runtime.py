@@ -44,6 +44,26 @@ def test_each_network_gives_the_same_outputs_in_both_runtimes(models, tmp_path) 
     assert len(list(tmp_path.glob("*.onnx"))) == 3
 
 
+def test_a_cache_other_users_may_write_to_is_not_used(tmp_path, caplog) -> None:
+    """A graph planted in a shared cache under the expected name must never be run: the export is made again."""
+    from scripts.onnx_runtime import cached_export, content_key, for_runtime
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3).eval()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    planted = shared / f"conv2d-{content_key(net, (1, 1, 8, 8), True)}.onnx"
+    planted.write_bytes(b"not the network")
+    shared.chmod(0o777)
+    assert isinstance(cached_export(net, (1, 1, 8, 8), cache_dir=shared), bytes)
+    assert "writable by other users" in caplog.text and planted.read_bytes() == b"not the network"
+    x = torch.rand(1, 1, 8, 8)
+    _close(net(x).detach(), for_runtime(net, "onnxruntime", (1, 1, 8, 8), cache_dir=shared)(x))
+    private = tmp_path / "private"
+    assert cached_export(net, (1, 1, 8, 8), cache_dir=private).parent == private  # created 0700: cached
+    assert (private.stat().st_mode & 0o777) == 0o700
+
+
 def test_an_unknown_runtime_is_refused() -> None:
     from scripts.onnx_runtime import for_runtime
 

@@ -14,7 +14,7 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +30,16 @@ OPSET = 18
 
 
 def default_cache_dir() -> Path:
-    """Where exports are cached when the config gives no folder: the system's temporary folder."""
-    return Path(tempfile.gettempdir()) / "nasal_onnx"
+    """Where exports are cached when the config gives no folder: this user's cache folder (``$XDG_CACHE_HOME`` or
+    ``~/.cache``), never a folder other users can write to (they could plant a graph that gives other answers)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nasal-fracture-bundle" / "onnx"
+
+
+def _private(path: Path) -> bool:
+    """``path`` is owned by this user and no one else may write to it."""
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def content_key(module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool) -> str:
@@ -71,13 +79,25 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], dynamic_batch: bo
 
 def cached_export(
     module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool = True, cache_dir: str | Path | None = None
-) -> Path:
-    """The ONNX file of ``module`` in ``cache_dir`` (exported and written atomically when not there yet)."""
+) -> Path | bytes:
+    """The ONNX file of ``module`` in ``cache_dir`` (exported and written atomically when not there yet).
+
+    A cache folder or file that another user owns or may write to is not trusted: the graph is then exported again
+    and returned as bytes (with one warning), and nothing is cached.
+    """
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{type(module).__name__.lower()}-{content_key(module, input_shape, dynamic_batch)}.onnx"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        trusted = _private(folder) and (not path.exists() or _private(path))
+    except OSError as err:
+        logger.warning("ONNX cache %s unusable (%s): exporting without a cache", folder, err)
+        return export_onnx(module, input_shape, dynamic_batch)
+    if not trusted:
+        logger.warning("ONNX cache %s is writable by other users: not used, exporting without a cache", folder)
+        return export_onnx(module, input_shape, dynamic_batch)
     if not path.is_file():
-        logger.info("exporting %s to ONNX (%s); cached for later runs", type(module).__name__, path)
+        logger.info("exporting %s to ONNX (%s); cached for later runs", type(module).__name__, path.name)
         data = export_onnx(module, input_shape, dynamic_batch)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
@@ -139,8 +159,8 @@ def for_runtime(
     if device.type != "cpu":
         logger.info("runtime onnxruntime is CPU only: %s stays in torch on %s", type(module).__name__, device)
         return module
-    path = cached_export(module, input_shape, dynamic_batch, cache_dir)
-    twin = OnnxModule(path, name=type(module).__name__)
+    graph = cached_export(module, input_shape, dynamic_batch, cache_dir)
+    twin = OnnxModule(graph, name=type(module).__name__)
     for attr in keep_attributes:
         if hasattr(module, attr):
             setattr(twin, attr, getattr(module, attr))
