@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from . import REPO_ROOT
-from .upload import ACCEPTED, FIELD, UploadError, megabytes, receive_upload
+from .upload import ACCEPTED, FIELD, SLACK, UploadError, megabytes, receive_upload
 
 logger = logging.getLogger("nasal.service")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -180,7 +180,7 @@ class Service:
     async def _predict(self, request: Request, request_id: str, start: float) -> Response:
         limit = self.settings.max_upload_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64_000:  # more than the file plus its headers
+        if declared and declared.isdigit() and int(declared) > limit + SLACK:  # more than the file plus its headers
             logger.info("request %s: refused, %s declared", request_id, megabytes(int(declared)))
             return error(
                 413, f"file too large: {megabytes(int(declared))}; the limit is {megabytes(limit)}", request_id

@@ -19,6 +19,8 @@ FIELD = "file"  # the multipart field that carries the X-ray
 KINDS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "nifti": ".nii", "nifti-gz": ".nii.gz"}
 ACCEPTED = "a DICOM, PNG, JPEG or NIfTI head X-ray"
 SNIFF_BYTES = 544  # enough for the DICOM preamble (132) and a NIfTI-2 header's sizeof_hdr (4)
+MAX_PART_HEADERS = 16 * 1024  # bytes of one part's headers (names and values together)
+SLACK = 64_000  # bytes beyond the file's limit allowed for the other parts and every part's headers
 
 
 class UploadError(Exception):
@@ -81,6 +83,8 @@ class _Receiver:
         self.done = False
         self.head = b""
         self.size = 0
+        self.received = 0  # every part's headers and data, counted against limit + SLACK
+        self.header_bytes = 0
         self.path: Path | None = None
         self.handle = None
 
@@ -95,13 +99,28 @@ class _Receiver:
             "on_part_end": self.part_end,
         }
 
+    def _count(self, n: int) -> None:
+        """Count ``n`` more bytes of the body's parts: refused past the limit plus ``SLACK``."""
+        self.received += n
+        if self.received > self.limit + SLACK:
+            raise UploadError(413, f"upload too large: more than {megabytes(self.limit)} (the limit)")
+
+    def _header_data(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > MAX_PART_HEADERS:
+            raise UploadError(400, f"a multipart part's headers are too long: more than {MAX_PART_HEADERS} bytes")
+        self._count(n)
+
     def part_begin(self) -> None:
         self.headers, self.header_field, self.header_value = {}, b"", b""
+        self.header_bytes = 0
 
     def header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_data(end - start)
         self.header_field += data[start:end]
 
     def header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_data(end - start)
         self.header_value += data[start:end]
 
     def header_end(self) -> None:
@@ -113,6 +132,7 @@ class _Receiver:
         self.in_file = options.get(b"name") == FIELD.encode() and not self.done
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         if not self.in_file:
             return
         chunk = data[start:end]
@@ -155,7 +175,9 @@ async def receive_upload(
     """Stream the multipart ``body``'s ``file`` part to ``folder/<stem><suffix>``; the path and its size in bytes.
 
     Raises ``UploadError`` (and leaves no file behind) for a body that is not multipart, has no ``file`` part, or
-    whose file is empty, over ``limit`` bytes or of a kind other than those in ``KINDS``.
+    whose file is empty, over ``limit`` bytes or of a kind other than those in ``KINDS``; also for a part whose
+    headers pass ``MAX_PART_HEADERS`` or parts (all their headers and data) that pass ``limit + SLACK`` together,
+    so that a chunked body (no Content-Length to check first) cannot grow memory through a huge header or field.
     """
     mime, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")

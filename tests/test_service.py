@@ -121,6 +121,30 @@ def test_a_huge_upload_sent_in_chunks_is_cut_off_at_the_limit(service) -> None:
     assert not list(svc.uploads.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("part", "status", "words"),
+    [
+        # five 4 kB headers: each line within python-multipart's own limit (4224 bytes), together over 16 KiB
+        (b'name="file"; filename="x.png"' + (b"\r\nX-Pad: " + b"a" * 4000) * 5 + b"\r\n\r\njunk", 400, "too long"),
+        (b'name="note"\r\n\r\n' + b"n" * 3_000_000, 413, "too large"),  # not the file, yet over the limit
+    ],
+    ids=["huge-part-header", "huge-other-field"],
+)
+def test_a_chunked_body_with_a_huge_header_or_field_is_cut_off(service, part, status, words) -> None:
+    client, svc = service
+    boundary = b"b0undary"
+    whole = b"--" + boundary + b"\r\nContent-Disposition: form-data; " + part + b"\r\n--" + boundary + b"--\r\n"
+
+    def body():  # no Content-Length: only the streaming parser's limits apply
+        for i in range(0, len(whole), 50_000):
+            yield whole[i : i + 50_000]
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary.decode()}"}
+    res = client.post("/predict", content=body(), headers=headers)
+    assert res.status_code == status and words in res.json()["detail"], res.text
+    assert "\n" not in res.json()["detail"] and not list(svc.uploads.iterdir())
+
+
 def test_a_ct_dicom_is_not_assessed_and_no_identity_reaches_the_logs(service, caplog) -> None:
     import pydicom
     from pydicom.data import get_testdata_file
