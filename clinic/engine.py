@@ -123,8 +123,17 @@ class WarmInference:
             self._repaired = None
             self.evaluator.data_loader = loader
             self.evaluator.state.epoch_length = 1
-            self.evaluator.run()
-            record = dict(self.evaluator.state.output[0]["record"])
+            self.evaluator.state.output = None
+            try:
+                self.evaluator.run()
+            except BaseException:
+                # Ignite keeps the failed run's generator, and its next run() would silently do nothing: drop it
+                self.evaluator._internal_run_generator = None
+                raise
+            output = self.evaluator.state.output
+            if not output or output[0].get("record", {}).get("image") != item["name"]:
+                raise RuntimeError(f"{item['name']}: the inference workflow gave no result for this call")
+            record = dict(output[0]["record"])
             if views and "error" not in record:
                 record["views"] = self._write_views(stem, record.get("nasal_bone_box") is not None)
             return record

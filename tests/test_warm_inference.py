@@ -55,3 +55,19 @@ def test_info_reports_the_operating_points(warm) -> None:
     info = warm.info()
     assert info["thresholds"] == {"suspicious": 0.4, "fracture": 0.4} and info["threshold"] == 0.4
     assert info["device"] == "cpu" and info["bundle_version"]
+
+
+def test_a_failing_call_does_not_spoil_the_next(warm, inputs, monkeypatch) -> None:
+    """An exception inside the workflow (e.g. out of memory) reaches the caller; the next call runs for real."""
+    inferer = warm.evaluator.inferer
+    original = type(inferer).__call__
+
+    def broken(self, *args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(type(inferer), "__call__", broken)
+    with pytest.raises(MemoryError):
+        warm.predict(inputs / "xray0.png", stem="fails")
+    monkeypatch.setattr(type(inferer), "__call__", original)
+    record = warm.predict(inputs / "xray1.png", stem="after")
+    assert record["image"] == "after" and "error" not in record and record["fracture_probability"] is not None
