@@ -3,6 +3,8 @@ gives the same JSON."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -62,6 +64,30 @@ def test_a_cache_other_users_may_write_to_is_not_used(tmp_path, caplog) -> None:
     private = tmp_path / "private"
     assert cached_export(net, (1, 1, 8, 8), cache_dir=private).parent == private  # created 0700: cached
     assert (private.stat().st_mode & 0o777) == 0o700
+
+
+def test_the_cache_key_follows_settings_and_is_reused_under_any_umask(tmp_path) -> None:
+    """Same weights but other preprocessing (C's mean/std, high-pass) must never share a graph; a cached graph is
+    reused (not exported again) whatever the umask."""
+    from scripts.classifier import FractureClassifier
+    from scripts.onnx_runtime import cached_export, content_key
+
+    torch.manual_seed(0)
+    a = FractureClassifier("convnet", "gray", mean=0.0, std=0.0625, highpass_sigma=3.0)
+    b = FractureClassifier("convnet", "gray", mean=0.1, std=0.0625, highpass_sigma=3.0)
+    c = FractureClassifier("convnet", "gray", mean=0.0, std=0.0625, highpass_sigma=2.0)
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict(), strict=False)
+    keys = {content_key(net, (1, 1, 64, 64), True) for net in (a, b, c)}
+    assert len(keys) == 3
+    old = os.umask(0o002)
+    try:
+        first = cached_export(a, (1, 1, 64, 64), cache_dir=tmp_path / "cache")
+        mtime = first.stat().st_mtime_ns
+        assert cached_export(a, (1, 1, 64, 64), cache_dir=tmp_path / "cache") == first
+        assert first.stat().st_mtime_ns == mtime and (first.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_an_unknown_runtime_is_refused() -> None:

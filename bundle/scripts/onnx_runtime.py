@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
+import json
 import logging
 import os
 import stat
@@ -43,16 +45,36 @@ def _private(path: Path) -> bool:
 
 
 def content_key(module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool) -> str:
-    """A digest of everything the exported graph depends on: weights, buffers, class, input shape, versions."""
+    """A digest of everything the exported graph depends on: the bundle's version and this module's source (a new
+    ``forward`` or preprocessing), the class, its ``config`` (e.g. C's mean, std and high-pass settings), every
+    parameter and buffer (persistent or not), the input shape and the exporter's versions."""
     import onnx
 
     digest = hashlib.sha256()
-    digest.update(f"{type(module).__qualname__}|{list(input_shape)}|{dynamic_batch}|{OPSET}".encode())
-    digest.update(f"{torch.__version__}|{onnx.__version__}".encode())
-    for name, tensor in module.state_dict().items():
+    digest.update(f"{type(module).__module__}.{type(module).__qualname__}|{list(input_shape)}|{dynamic_batch}".encode())
+    digest.update(f"{OPSET}|{torch.__version__}|{onnx.__version__}|{_bundle_version()}".encode())
+    digest.update(repr(getattr(module, "config", None)).encode())
+    digest.update(_code_digest(module).encode())
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def _bundle_version() -> str:
+    try:
+        return json.loads((Path(__file__).resolve().parent.parent / "configs" / "metadata.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+def _code_digest(module: nn.Module) -> str:
+    """A digest of the source files of the classes in ``module`` (itself and its submodules)."""
+    digest = hashlib.sha256()
+    for source in sorted({inspect.getsourcefile(type(m)) or "" for m in module.modules()}):
+        with contextlib.suppress(OSError):
+            digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
 
 
 def export_onnx(module: nn.Module, input_shape: Sequence[int], dynamic_batch: bool = True) -> bytes:
@@ -100,7 +122,8 @@ def cached_export(
         logger.info("exporting %s to ONNX (%s); cached for later runs", type(module).__name__, path.name)
         data = export_onnx(module, input_shape, dynamic_batch)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:  # private, any umask
+            f.write(data)
         os.replace(tmp, path)
     return path
 
