@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,11 @@ from PIL import Image
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# ONNX Runtime exports (scripts.onnx_runtime) cached in a folder of this test session only, for its subprocesses too:
+# every session exercises the export path a fresh machine takes, and never touches the user's ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="nasal_test_cache_")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from scripts import BUNDLE_ROOT
+from tools import REPO_ROOT
 
 from . import end_to_end, gemm, networks, training
 from .table import markdown
@@ -50,7 +51,9 @@ def _end_to_end(models_dir: Path, work: Path, quick: bool, cold: bool, log) -> d
     trained = have_trained(models_dir) and not quick
     overrides = {} if trained else {end_to_end.DETECT_FLOOR: 0.0}
     images = end_to_end.phantom_images(work / "phantom", 3 if quick else 16, size=128 if quick else 512)
-    result: dict[str, Any] = {"weights": str(models_dir), "trained": trained, "warm": [], "batch": []}
+    shown = models_dir.resolve()  # named relative to the repository, never by this machine's folders
+    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else Path(shown.name)
+    result: dict[str, Any] = {"weights": shown.as_posix(), "trained": trained, "warm": [], "batch": []}
     for runtime in RUNTIMES:
         start = time.perf_counter()
         split = end_to_end.warm_split(
