@@ -125,3 +125,63 @@ def test_the_page_shows_an_assessment_and_toggles_the_region(server, browser, xr
     el("file").send_keys(str(junk))
     WebDriverWait(browser, 30).until(lambda _: "DICOM, PNG, JPEG or NIfTI" in el("message").text)
     assert el("message").text.startswith("Upload refused:") and not el("figure").is_displayed()
+
+
+# A record as /predict answers it, with blank pictures drawn in the page (data: URLs, allowed by its policy): the
+# rendering function (showResult) shown two operating points, which the tiny test weights do not have.
+SHOW_RECORD = """
+const [finding, p, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+const canvas = Object.assign(document.createElement("canvas"), { width: 256, height: 256 });
+canvas.getContext("2d").fillRect(0, 0, 256, 256);  // black: an empty region mask
+const blank = canvas.toDataURL("image/png");
+const record = {
+  finding, fracture_probability: p, finding_reason: "crafted record", detector_confidence: 0.9,
+  thresholds: { suspicious: 0.2, fracture: 0.6 }, image_size: [256, 256], seconds: 0.05, warnings: [],
+  nasal_bone_box: finding === "not assessable" ? null : [100, 80, 160, 140],
+  links: { xray: blank, region_mask: blank, heatmap: blank },
+};
+showResult(record).then(() => done(null), (err) => done(String(err)));
+"""
+
+
+@pytest.mark.parametrize(
+    ("finding", "p", "label", "verdict", "note"),
+    [
+        (
+            "suspicious",
+            0.45,
+            "Suspicious",
+            "Between the suspicious (0.20) and fracture (0.60) points.",
+            "no region above the map's threshold",
+        ),
+        ("fracture", 0.8, "Fracture", "At or above the fracture point (0.60).", "no region above the map's threshold"),
+        ("no fracture", 0.1, "No fracture", "Below the suspicious point (0.20).", "below the suspicious point"),
+        ("not assessable", None, "Not assessable", "", ""),
+    ],
+)
+def test_two_operating_points_and_the_empty_region_note_follow_the_finding(
+    server, browser, finding, p, label, verdict, note
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def el(id_: str):
+        return browser.find_element(By.ID, id_)
+
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda _: el("model-info").text.startswith("model "))
+    assert browser.execute_async_script(SHOW_RECORD, finding, p) is None
+
+    assert el("finding").text == label and el("verdict").text == verdict
+    assert el("points").text == "suspicious ≥ 0.20 · fracture ≥ 0.60"
+    assert el("mark-suspicious").is_displayed() and el("mark-fracture").is_displayed()
+    scale = browser.find_element(By.CSS_SELECTOR, ".scale").rect
+    for mark, at in (("mark-suspicious", 0.2), ("mark-fracture", 0.6)):  # each tick at its point on the scale
+        assert abs(el(mark).rect["x"] + 1 - (scale["x"] + at * scale["width"])) <= 2, mark
+    assert el("probability").text == ("n/a" if p is None else f"{p:.2f}") and el("marker").is_displayed() == (
+        p is not None
+    )
+    assert (note in el("region-note").text) if note else el("region-note").text == ""
+    if finding == "suspicious":
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "viewer_two_points.png"))

@@ -133,6 +133,13 @@ function verdict(p, points) {
   return `Below the suspicious point (${s}).`;
 }
 
+// Why the region overlay is empty, by the finding (the generator's map can be empty even for a fracture).
+function emptyRegionNote(finding) {
+  if (finding === "fracture" || finding === "suspicious") return "no region above the map's threshold";
+  if (finding === "no fracture") return "no suspected region (below the suspicious point)";
+  return ""; // not assessable: no probability, so nothing to say about a region
+}
+
 function drawBox(record) {
   const svg = $("box-layer");
   const [w, h] = record.image_size;
@@ -186,7 +193,7 @@ async function showResult(record) {
   fit();
   const regionPixels = await paintLayer($("region-layer"), links.region_mask, regionPaint);
   await paintLayer($("heatmap-layer"), links.heatmap, heatPaint);
-  $("region-note").textContent = regionPixels ? "" : "no suspected region (below the suspicious point)";
+  $("region-note").textContent = regionPixels ? "" : emptyRegionNote(finding);
   $("region-layer").dataset.ready = "true";
 }
 
