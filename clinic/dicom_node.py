@@ -15,11 +15,14 @@
   sender whose C-STORE succeeded never needs to send it again: a busy node queues, a restarted node resumes.
 - One worker thread runs the queue through the bundle's inference (``clinic.engine.WarmInference``, models loaded
   once, in the background while the SCP already receives) with DICOM outputs in the identity mode for PACS use:
-  the SC and SR join the source study with its patient and study modules.
+  the SC and SR join the source study with its patient and study modules. An image whose inference fails is tried
+  again after ``--retry-interval`` (doubling) while later images go ahead, and set aside in ``failed/`` (with the
+  image) after ``--max-infer-attempts`` failures.
 - A forwarder thread sends each item's SC and SR by C-STORE to ``--forward AET@host:port``; while the destination
   is unreachable it retries with a doubling interval (``--retry-interval`` up to ``--max-retry-interval``) and
   never gives up; a destination that answers with a failure status is retried ``--max-attempts`` times, then the
-  item is set aside in ``failed/``.
+  item is set aside in ``failed/`` (with its SC and SR). ``--resend-failed`` puts what ``failed/`` holds back in the
+  queue. A worker that stops unexpectedly is logged as CRITICAL and stops the node (exit status 1).
 
 Logs name images by queue id and a hash of their SOP Instance UID, never by a patient's name, ID or birth date.
 """
@@ -160,6 +163,7 @@ class DicomNode:
         aet, host, port: the node's own AE title and listening address.
         retry_interval, max_retry_interval: seconds between tries to reach the destination (doubling).
         max_attempts: tries for results that the destination refuses with a failure status before ``failed/``.
+        max_infer_attempts: tries for an image whose inference fails (raises) before ``failed/``.
         timeout: seconds for each network step when sending (connection, association, C-STORE answer).
         allowed_callers: AE titles that may associate (others are rejected); None: any.
     """
@@ -177,6 +181,7 @@ class DicomNode:
         max_attempts: int = 20,
         timeout: float = 30.0,
         allowed_callers: list[str] | None = None,
+        max_infer_attempts: int = 3,
     ) -> None:
         self.queue = DicomQueue(Path(work_dir) / "queue")
         self._engine_source = engine
@@ -184,13 +189,14 @@ class DicomNode:
         self.forward, self.aet, self.host, self.port = forward, check_aet(aet), host, int(port)
         self.retry_interval, self.max_retry_interval = float(retry_interval), float(max_retry_interval)
         self.max_attempts, self.timeout = int(max_attempts), float(timeout)
+        self.max_infer_attempts = max(1, int(max_infer_attempts))
         self.allowed_callers = [check_aet(a) for a in allowed_callers] if allowed_callers else None
         self._stop = threading.Event()
         self._work = threading.Event()  # something new in the inbox
         self._results = threading.Event()  # something new in the outbox
         self._threads: list[threading.Thread] = []
         self._server: Any = None
-        self.failure: str | None = None  # set when the engine could not be built: the node then stops
+        self.failure: str | None = None  # set when the engine could not be built or a worker died: the node stops
         self.ready = threading.Event()  # the engine is loaded
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
@@ -210,8 +216,8 @@ class DicomNode:
         if self.port == 0:
             self.port = self._server.server_address[1]
         self._threads = [
-            threading.Thread(target=self._infer_loop, name="nasalfx-infer", daemon=True),
-            threading.Thread(target=self._forward_loop, name="nasalfx-forward", daemon=True),
+            threading.Thread(target=self._guarded, args=(self._infer_loop,), name="nasalfx-infer", daemon=True),
+            threading.Thread(target=self._guarded, args=(self._forward_loop,), name="nasalfx-forward", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -239,8 +245,21 @@ class DicomNode:
 
     @property
     def stopped(self) -> bool:
-        """``stop`` was called, or the engine could not be built."""
+        """``stop`` was called, or the engine could not be built, or a worker thread died."""
         return self._stop.is_set()
+
+    def _guarded(self, loop: Callable[[], None]) -> None:
+        """Run a worker's loop; if it ends while the node runs, log it as CRITICAL and stop the node."""
+        try:
+            loop()
+        except BaseException as err:
+            problem = f"raised {type(err).__name__}"
+        else:
+            problem = "returned"
+        if not self._stop.is_set():
+            self.failure = f"the {threading.current_thread().name} thread {problem} unexpectedly"
+            logger.critical("%s; the node stops, received images stay queued", self.failure)
+            self._stop.set()
 
     def idle(self) -> bool:
         """Nothing waits for inference or sending."""
@@ -305,17 +324,40 @@ class DicomNode:
     def _infer_loop(self) -> None:
         if not self._load_engine():
             return
+        failures: dict[str, int] = {}
+        not_before: dict[str, float] = {}  # queue id -> when its next try may start (monotonic clock)
         while not self._stop.is_set():
+            now = time.monotonic()
             pending = self.queue.pending()
-            if not pending:
-                self._work.wait(1.0)
+            ready = [qid for qid in pending if not_before.get(qid, 0.0) <= now]
+            if not ready:  # nothing, or only images waiting for their next try
+                waits = [not_before[qid] - now for qid in pending if qid in not_before]
+                self._work.wait(min([1.0, *waits]))
                 self._work.clear()
                 continue
+            qid = ready[0]
             try:
-                self._infer(pending[0])
-            except Exception as err:  # a bug or a full disk: keep the image queued, try again later
-                logger.error("%s: inference step failed (%s: %s); retried later", pending[0], type(err).__name__, err)
-                self._stop.wait(self.retry_interval)
+                self._infer(qid)
+            except Exception as err:  # a bug, a full disk, an image the engine cannot read: later images go ahead
+                failures[qid] = tries = failures.get(qid, 0) + 1
+                reason = f"inference step failed ({describe(err)})"
+                if tries < self.max_infer_attempts:
+                    wait = min(self.retry_interval * 2 ** (tries - 1), self.max_retry_interval)
+                    not_before[qid] = time.monotonic() + wait
+                    logger.error(
+                        "%s: %s, try %d of %d; next in %.1f s", qid, reason, tries, self.max_infer_attempts, wait
+                    )
+                    continue
+                try:
+                    record = {"queue_id": qid, "received_at": self.queue.received_at(qid), "error": reason}
+                    self.queue.close(qid, "failed", record)
+                except Exception as close_err:  # a full disk: tried again later
+                    not_before[qid] = time.monotonic() + self.max_retry_interval
+                    logger.error("%s: could not be set aside (%s)", qid, describe(close_err))
+                    continue
+                logger.error("%s: set aside in failed/ (with the image) after %d tries: %s", qid, tries, reason)
+            failures.pop(qid, None)
+            not_before.pop(qid, None)
 
     def _infer(self, qid: str) -> None:
         start = time.time()
@@ -344,40 +386,54 @@ class DicomNode:
     def _forward_loop(self) -> None:
         delay, attempts = self.retry_interval, {}
         while not self._stop.is_set():
-            waiting = self.queue.outbox()
-            if not waiting:
-                self._results.wait(1.0)
-                self._results.clear()
-                continue
-            qid = waiting[0]
             try:
-                files = self.queue.results(qid)  # none left: all were stored before a crash or stop
-                if files:
-                    store_files(files, self.forward, self.aet, self.timeout, self.queue.sent)
-            except ForwardError as err:
-                if err.refused:
-                    attempts[qid] = attempts.get(qid, 0) + 1
-                    if attempts[qid] >= self.max_attempts:
-                        self.queue.close(qid, "failed", {**self.queue.record(qid), "forward_error": str(err)})
-                        logger.error("%s: set aside in failed/ after %d refusals: %s", qid, attempts.pop(qid), err)
-                        continue
-                logger.warning("%s: results not stored (%s); retry in %.1f s", qid, err, delay)
+                waiting = self.queue.outbox()
+                if not waiting:
+                    self._results.wait(1.0)
+                    self._results.clear()
+                    continue
+                qid = waiting[0]
+                try:
+                    files = self.queue.results(qid)  # none left: all were stored before a crash or stop
+                    if files:
+                        store_files(files, self.forward, self.aet, self.timeout, self.queue.sent)
+                except ForwardError as err:
+                    if err.refused:
+                        attempts[qid] = attempts.get(qid, 0) + 1
+                        if attempts[qid] >= self.max_attempts:
+                            self.queue.close(qid, "failed", {**self.queue.record(qid), "forward_error": str(err)})
+                            logger.error(
+                                "%s: set aside in failed/ (with its SC and SR) after %d refusals: %s",
+                                qid,
+                                attempts.pop(qid),
+                                err,
+                            )
+                            delay = self.retry_interval
+                            continue
+                    logger.warning("%s: results not stored (%s); retry in %.1f s", qid, err, delay)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.max_retry_interval)
+                    continue
+                except Exception as err:  # an unreadable result file or a network library error: retried
+                    logger.error("%s: sending failed (%s: %s); retry in %.1f s", qid, type(err).__name__, err, delay)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.max_retry_interval)
+                    continue
+                delay = self.retry_interval
+                attempts.pop(qid, None)
+                record = {**self.queue.record(qid), "stored_at": time.time(), "destination": str(self.forward)}
+                record["received_to_stored_s"] = round(record["stored_at"] - record["received_at"], 3)
+                self.queue.close(qid, "done", record)
+                logger.info(
+                    "%s: SC and SR stored at %s, %.1f s after receipt",
+                    qid,
+                    self.forward,
+                    record["received_to_stored_s"],
+                )
+            except Exception as err:  # a full disk while closing an item, an unreadable record...: retried
+                logger.error("forwarder: queue step failed (%s); retry in %.1f s", describe(err), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_retry_interval)
-                continue
-            except Exception as err:  # an unreadable result file or a network library error: retried
-                logger.error("%s: sending failed (%s: %s); retry in %.1f s", qid, type(err).__name__, err, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.max_retry_interval)
-                continue
-            delay = self.retry_interval
-            attempts.pop(qid, None)
-            record = {**self.queue.record(qid), "stored_at": time.time(), "destination": str(self.forward)}
-            record["received_to_stored_s"] = round(record["stored_at"] - record["received_at"], 3)
-            self.queue.close(qid, "done", record)
-            logger.info(
-                "%s: SC and SR stored at %s, %.1f s after receipt", qid, self.forward, record["received_to_stored_s"]
-            )
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -391,6 +447,12 @@ def _finding(record: dict[str, Any]) -> str:
     probability = record.get("fracture_probability")
     text = str(record.get("finding", "assessed"))
     return text if probability is None else f"{text} (p={float(probability):.2f})"
+
+
+def describe(err: BaseException) -> str:
+    """One line for an exception that cannot carry patient identity: its type, and for an OS error its reason."""
+    reason = getattr(err, "strerror", None) if isinstance(err, OSError) else None
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
 
 
 def build_engine(work_dir: Path, models_dir: str | None, device: str | None) -> Callable[[], Any]:
@@ -417,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-interval", type=float, default=5.0, help="first wait before a retry, s (default 5)")
     parser.add_argument("--max-retry-interval", type=float, default=300.0, help="longest wait, s (default 300)")
     parser.add_argument("--max-attempts", type=int, default=20, help="tries for results the destination refuses")
+    parser.add_argument("--max-infer-attempts", type=int, default=3, help="tries for an image inference fails on")
+    parser.add_argument(
+        "--resend-failed", action="store_true", help="put what failed/ holds back in the queue, then run as usual"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="network timeout when sending, s (default 30)")
     parser.add_argument(
         "--allow-aet", action="append", default=None, help="a calling AE title that may send (repeat; default: any)"
@@ -438,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
             max_attempts=args.max_attempts,
             timeout=args.timeout,
             allowed_callers=args.allow_aet,
+            max_infer_attempts=args.max_infer_attempts,
         )
+        if args.resend_failed:
+            logger.info("put back in the queue from failed/: %s", ", ".join(node.queue.resend_failed()) or "nothing")
         node.start()
     except (ValueError, OSError) as err:
         print(f"dicom_node: {err}", file=sys.stderr)

@@ -7,7 +7,9 @@ names sort in arrival order and tell nothing about the patient). An item moves t
     outbox/<id>/          inference done: the SC and SR to send and record.json; each file removed once stored
     done/<id>.json        results stored at the destination: the record with its timings (no image, no identity)
     refused/<id>.json     not assessed (a CT, a colour image...): the one-line reason
-    failed/<id>.json      inference gave no DICOM, or the destination kept refusing the results
+    failed/<id>.json      inference kept failing or gave no DICOM, or the destination kept refusing the results;
+    failed/<id>.dcm       with the received image (when inference failed) or
+    failed/<id>/          the outbox folder (when the destination refused), for an operator to resend: ``resend_failed``
 
 ``recover`` (called on start) removes what a crash can leave half-written (``*.part`` files, ``staging/``) and
 finishes moves that a crash interrupted; everything else resumes where it stood.
@@ -61,7 +63,7 @@ class DicomQueue:
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._last = ""
+        self._last = 0  # the microseconds of the last id
 
     def folder(self, name: str) -> Path:
         """One of ``FOLDERS``."""
@@ -69,15 +71,10 @@ class DicomQueue:
 
     def new_id(self, sop_instance_uid: str) -> str:
         """A queue id that sorts after every earlier one: ``<UTC time to the microsecond>-<uid_hash>``."""
-        with self._lock:
-            while True:
-                now = time.time()
-                qid = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-                qid += "-" + uid_hash(sop_instance_uid)
-                if qid > self._last:
-                    self._last = qid
-                    return qid
-                time.sleep(1e-6)
+        with self._lock:  # a clock that stepped back (or the same microsecond): one microsecond after the last id
+            self._last = max(int(time.time() * 1e6), self._last + 1)
+            seconds, micro = divmod(self._last, 1_000_000)
+            return time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f".{micro:06d}Z-" + uid_hash(sop_instance_uid)
 
     @staticmethod
     def received_at(qid: str) -> float:
@@ -134,14 +131,35 @@ class DicomQueue:
         return target
 
     def close(self, qid: str, state: str, record: dict[str, Any]) -> Path:
-        """End an item in ``done``, ``refused`` or ``failed`` with ``record``; its image and outbox folder go."""
+        """End an item in ``done``, ``refused`` or ``failed`` with ``record``; its image and outbox folder go, into
+        ``failed/`` for ``failed`` (to be resent)."""
         if state not in ("done", "refused", "failed"):
             raise ValueError(f"unknown final state '{state}' (expected done, refused or failed)")
         path = self.folder(state) / f"{qid}.json"
         write_json(path, record)
+        if state == "failed":
+            self._set_aside(qid)
         self._drop_image(qid)
         shutil.rmtree(self.folder("outbox") / qid, ignore_errors=True)
         return path
+
+    def resend_failed(self) -> list[str]:
+        """Put what ``failed/`` kept back in the queue (an image into ``inbox/``, results into ``outbox/``); its ids.
+
+        Safe while the node runs. The record goes first, so that a crash halfway leaves the files in ``failed/``.
+        """
+        failed = self.folder("failed")
+        ids = sorted({p.stem for p in failed.glob("*.dcm")} | {p.name for p in failed.iterdir() if p.is_dir()})
+        for qid in ids:
+            (failed / f"{qid}.json").unlink(missing_ok=True)
+            fsync_dir(failed)
+            if (failed / qid).is_dir():
+                os.replace(failed / qid, self.folder("outbox") / qid)
+                fsync_dir(self.folder("outbox"))
+            if (failed / f"{qid}.dcm").is_file():
+                os.replace(failed / f"{qid}.dcm", self.image(qid))
+                fsync_dir(self.folder("inbox"))
+        return ids
 
     def outbox(self) -> list[str]:
         """Queue ids whose results wait to be sent, oldest first."""
@@ -168,12 +186,24 @@ class DicomQueue:
             shutil.rmtree(leftover, ignore_errors=True)
         closed = {p.stem for state in ("done", "refused", "failed") for p in self.folder(state).glob("*.json")}
         moved = set(self.outbox())
+        failed = {p.stem for p in self.folder("failed").glob("*.json")}
+        for qid in (set(self.pending()) | moved) & failed:  # a crash while setting a failed item aside
+            self._set_aside(qid)
         for qid in self.pending():
             if qid in closed or qid in moved:  # a crash between the move and dropping the image
                 self._drop_image(qid)
         for qid in moved & closed:  # a crash between closing and removing the outbox folder
             shutil.rmtree(self.folder("outbox") / qid, ignore_errors=True)
         return {"inbox": len(self.pending()), "outbox": len(self.outbox())}
+
+    def _set_aside(self, qid: str) -> None:
+        """Move a failed item's image and outbox folder into ``failed/`` (what is already there stays)."""
+        failed = self.folder("failed")
+        for source, target in ((self.image(qid), failed / f"{qid}.dcm"), (self.folder("outbox") / qid, failed / qid)):
+            if source.exists() and not target.exists():
+                os.replace(source, target)
+                fsync_dir(source.parent)
+                fsync_dir(failed)
 
     def _drop_image(self, qid: str) -> None:
         image = self.image(qid)

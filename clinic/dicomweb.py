@@ -8,9 +8,10 @@
    was found) writes the DICOM SC and SR in the identity mode for PACS use: they join the source study.
 3. STOW-RS stores the SC and SR in that study.
 
-One line per instance on stdout (by a hash of its SOP Instance UID, never the patient's identity). Exit status 0
-when every radiograph got its results stored, 1 when one did not (or the study has none), 2 for a bad argument or
-a server that cannot be reached.
+One line per instance on stdout (by a hash of its SOP Instance UID, never the patient's identity); an instance that
+fails (retrieval, inference, storing) gets an ``error`` line and the others go on. Exit status 0 when every
+radiograph got its results stored, 1 when one did not (or the study has none), 2 for a bad argument or a server
+that cannot be reached.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pydicom.dataset import Dataset
 
 from scripts.input_guard import refusal
 
-from .dicom_node import build_engine
+from .dicom_node import build_engine, describe
 from .dicom_queue import uid_hash
 
 logger = logging.getLogger("clinic.dicomweb")
@@ -121,6 +122,8 @@ def _run_instance(
             return {"instance": instance, "error": f"store (STOW-RS) refused {len(failed)} of 2, reason {reasons}"}
         keep = ("finding", "fracture_probability", "finding_reason")
         return {"instance": instance, **{k: record[k] for k in keep if k in record}, "stored": ["SC", "SR"]}
+    except Exception as err:  # saving, inference or reading the results: this instance only, the others go on
+        return {"instance": instance, "error": f"could not be assessed ({describe(err)})"}
     finally:
         path.unlink(missing_ok=True)
         for leftover in out.glob(f"{instance}*"):

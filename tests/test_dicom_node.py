@@ -238,3 +238,158 @@ def test_the_command_refuses_a_bad_forward_address(tmp_path) -> None:
 
     assert main(["--forward", "nowhere", "--work-dir", str(tmp_path)]) == 2
     assert not os.listdir(tmp_path)
+
+
+class StandInEngine:
+    """Stands in for the warm inference: raises (with the patient's name in the message) for the queue ids in
+    ``bad``, and answers "not assessed" for the others; ``calls`` lists the queue ids it was given."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.bad: set[str] = set()
+        self.calls: list[str] = []
+
+    def predict(self, path: Path, stem: str, name: str) -> dict:
+        self.calls.append(stem)
+        if stem in self.bad:
+            raise RuntimeError(f"cannot read the image of {IDENTITY['PatientName']}")
+        return {"error": "not assessed: stand-in"}
+
+
+def _outbox_item(queue, source: Path) -> str:
+    """An outbox item as inference leaves it: one result file (here the source X-ray itself) and its record."""
+    import shutil
+
+    from clinic.dicom_queue import write_json
+
+    qid = queue.new_id(str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID))
+    (queue.folder("outbox") / qid).mkdir()
+    shutil.copy(source, queue.folder("outbox") / qid / f"{qid}_sc.dcm")
+    write_json(queue.folder("outbox") / qid / "record.json", {"queue_id": qid, "received_at": time.time()})
+    return qid
+
+
+def test_an_image_whose_inference_keeps_failing_is_set_aside_and_later_ones_go_ahead(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    engine = StandInEngine(tmp_path)
+    nowhere = Destination("NOBODY", "127.0.0.1", free_port())
+    node = DicomNode(tmp_path / "node", engine, nowhere, AET, port=0, max_infer_attempts=3, **RETRY)
+    bad, good = (node.queue.add(uid, lambda f: f.write(b"image")) for uid in ("1.2.3.1", "1.2.3.2"))
+    engine.bad.add(bad)
+    failed = node.queue.folder("failed")
+    node.start()
+    try:
+        _wait(lambda: (failed / f"{bad}.json").exists(), 10, "the failing image set aside")
+        assert engine.calls == [bad, good, bad, bad]  # the later image went ahead while the first waited
+        assert (node.queue.folder("refused") / f"{good}.json").is_file() and not node.queue.pending()
+        assert (failed / f"{bad}.dcm").read_bytes() == b"image"  # kept for the operator to resend
+        assert json.loads((failed / f"{bad}.json").read_text())["error"] == "inference step failed (RuntimeError)"
+
+        engine.bad.clear()  # the operator fixed the cause and resends
+        assert node.queue.resend_failed() == [bad]
+        node._work.set()
+        _wait(lambda: (node.queue.folder("refused") / f"{bad}.json").exists(), 10, "the resent image assessed")
+        assert not any(failed.iterdir()) and not node.stopped
+    finally:
+        node.stop()
+    assert f"{bad}: set aside in failed/ (with the image) after 3 tries" in caplog.text
+    assert IDENTITY["PatientName"] not in caplog.text
+
+
+def test_a_full_disk_after_sending_does_not_stop_the_forwarder(orthanc, tmp_path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    forward = Destination.parse(orthanc.destination)
+    node = DicomNode(tmp_path / "node", StandInEngine(tmp_path), forward, AET, port=0, **RETRY)
+    path, ds = _xray(tmp_path, 5)
+    qid = _outbox_item(node.queue, path)
+    close, calls = node.queue.close, []
+
+    def close_on_a_full_disk(*args, **kwargs):  # the first time only: the results were stored, the record not
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device", str(node.queue.folder("done") / f"{qid}.json.part"))
+        return close(*args, **kwargs)
+
+    monkeypatch.setattr(node.queue, "close", close_on_a_full_disk)
+    node.start()
+    try:
+        _wait(lambda: (node.queue.folder("done") / f"{qid}.json").exists(), 10, "the item closed after the error")
+        assert not node.stopped and all(thread.is_alive() for thread in node._threads)
+    finally:
+        node.stop()
+    assert "forwarder: queue step failed (OSError: No space left on device); retry in 0.2 s" in caplog.text
+    _assert_no_identity(caplog, ds)
+
+
+def test_a_worker_thread_that_dies_stops_the_node_with_a_critical_line(tmp_path, monkeypatch, capsys, caplog) -> None:
+    from clinic import dicom_node
+
+    def dies(self) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dicom_node.DicomNode, "_forward_loop", dies)
+    monkeypatch.setattr(dicom_node, "build_engine", lambda *_: lambda: StandInEngine(tmp_path))
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's own handlers
+    argv = ["--forward", f"PACS@127.0.0.1:{free_port()}", "--port", "0", "--work-dir", str(tmp_path / "node")]
+    assert dicom_node.main([*argv, "--max-infer-attempts", "2"]) == 1
+    assert "the nasalfx-forward thread raised RuntimeError unexpectedly" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records if "thread raised" in r.getMessage()] == ["CRITICAL"]
+
+
+def test_results_the_destination_refuses_are_kept_in_failed_and_can_be_resent(tmp_path, caplog) -> None:
+    from pynetdicom import AllStoragePresentationContexts, evt
+
+    caplog.set_level(logging.INFO)
+    refuse, stored = [True], []
+
+    def on_store(event) -> int:
+        if refuse[0]:
+            return 0xA700  # Out of Resources: a failure status
+        stored.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    pacs = AE(ae_title="PACS")
+    for context in AllStoragePresentationContexts:
+        pacs.add_supported_context(context.abstract_syntax)
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    forward = Destination("PACS", "127.0.0.1", server.server_address[1])
+    node = DicomNode(tmp_path / "node", StandInEngine(tmp_path), forward, AET, port=0, max_attempts=2, **RETRY)
+    first, second = (_outbox_item(node.queue, _xray(tmp_path, index)[0]) for index in (6, 7))
+    failed = node.queue.folder("failed")
+    node.start()
+    try:
+        _wait(lambda: all((failed / f"{q}.json").exists() for q in (first, second)), 10, "both set aside")
+        assert not node.queue.outbox()
+        for qid in (first, second):
+            assert sorted(p.name for p in (failed / qid).iterdir()) == [f"{qid}_sc.dcm", "record.json"]
+            assert "status 0xA700" in json.loads((failed / f"{qid}.json").read_text())["forward_error"]
+        retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{second}: results not")]
+        assert retries[0].endswith("retry in 0.2 s")  # the interval starts afresh after an item was set aside
+
+        refuse[0] = False
+        assert node.queue.resend_failed() == [first, second]
+        node._results.set()
+        _wait(lambda: all((node.queue.folder("done") / f"{q}.json").exists() for q in (first, second)), 10, "sent")
+        assert len(stored) == 2 and not any(failed.iterdir())
+    finally:
+        node.stop()
+        server.shutdown()
+
+
+def test_queue_ids_keep_their_order_when_the_clock_steps_back(monkeypatch, tmp_path) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from clinic import dicom_queue
+
+    queue = dicom_queue.DicomQueue(tmp_path / "queue")
+    clock = iter([1000.5, 1000.5, 999.0])  # then 999.0 for ever: an NTP step back of 1.5 s
+    fake = {name: getattr(time, name) for name in ("strftime", "gmtime", "strptime", "sleep")}
+    monkeypatch.setattr(dicom_queue, "time", SimpleNamespace(**fake, time=lambda: next(clock, 999.0)))
+    ids: list[str] = []
+    worker = threading.Thread(target=lambda: ids.extend(queue.new_id(f"1.2.{i}") for i in range(4)), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "new_id waits for the clock"
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert [round(queue.received_at(q) - 1000.5, 6) for q in ids] == [0, 1e-6, 2e-6, 3e-6]

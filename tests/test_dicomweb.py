@@ -4,6 +4,7 @@ reason; bad addresses and unknown studies are one-line errors; no log line carri
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pydicom
@@ -61,3 +62,37 @@ def test_unknown_study_and_unreachable_server_are_one_line_errors(orthanc, capsy
 
     assert main(["--url", "pacs:8042", "--study", "1.2.3"]) == 2
     assert "--url must be an http(s) DICOMweb root" in capsys.readouterr().err
+
+
+def test_an_instance_that_fails_is_reported_and_the_others_go_on(orthanc, tmp_path, monkeypatch, capsys) -> None:
+    from clinic import dicomweb
+
+    class OneFails:  # stands in for the warm inference: the first instance raises, the next is not assessed
+        output_dir = tmp_path
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def predict(self, path, stem: str, name: str) -> dict:
+            self.calls += 1
+            if self.calls == 1:
+                raise ValueError(f"bad value {IDENTITY['PatientName']}")
+            return {"error": "not assessed: stand-in"}
+
+    engine = OneFails()
+    paths, sources = zip(*(_xray(tmp_path, index) for index in (13, 14)), strict=True)
+    study = sources[0].StudyInstanceUID
+    second = pydicom.dcmread(paths[1])
+    second.StudyInstanceUID = study
+    second.save_as(paths[1])
+    for path in paths:
+        orthanc.upload(path)
+    monkeypatch.setattr(dicomweb, "build_engine", lambda *_: lambda: engine)
+
+    assert main(["--url", orthanc.dicomweb, "--study", study, "--work-dir", str(tmp_path / "work")]) == 1
+    out, err = capsys.readouterr()
+    results = [json.loads(line) for line in out.splitlines()]
+    assert engine.calls == 2 and len(results) == 2
+    assert [r.get("error") for r in results].count("could not be assessed (ValueError)") == 1
+    assert [r.get("skipped") for r in results].count("not assessed: stand-in") == 1
+    assert "Traceback" not in err and IDENTITY["PatientName"] not in out + err
