@@ -279,7 +279,9 @@ def test_an_image_whose_inference_keeps_failing_is_set_aside_and_later_ones_go_a
     failed = node.queue.folder("failed")
     node.start()
     try:
-        _wait(lambda: (failed / f"{bad}.json").exists(), 10, "the failing image set aside")
+        # close() writes the record first, then moves the image: wait for both, and for the queue to be empty
+        set_aside = (failed / f"{bad}.json", failed / f"{bad}.dcm")
+        _wait(lambda: all(p.exists() for p in set_aside) and not node.queue.pending(), 10, "the image set aside")
         assert engine.calls == [bad, good, bad, bad]  # the later image went ahead while the first waited
         assert (node.queue.folder("refused") / f"{good}.json").is_file() and not node.queue.pending()
         assert (failed / f"{bad}.dcm").read_bytes() == b"image"  # kept for the operator to resend
@@ -358,8 +360,15 @@ def test_results_the_destination_refuses_are_kept_in_failed_and_can_be_resent(tm
     failed = node.queue.folder("failed")
     node.start()
     try:
-        _wait(lambda: all((failed / f"{q}.json").exists() for q in (first, second)), 10, "both set aside")
-        assert not node.queue.outbox()
+        # close() writes the record first, then moves the results folder: wait for both, and for the outbox to empty
+        _wait(
+            lambda: (
+                all((failed / f"{q}.json").exists() and (failed / q).is_dir() for q in (first, second))
+                and not node.queue.outbox()
+            ),
+            10,
+            "both set aside",
+        )
         for qid in (first, second):
             assert sorted(p.name for p in (failed / qid).iterdir()) == [f"{qid}_sc.dcm", "record.json"]
             assert "status 0xA700" in json.loads((failed / f"{qid}.json").read_text())["forward_error"]
