@@ -41,7 +41,7 @@ from .evaluation import FINDINGS, finding, sigmoid
 from .geometry import paste_back
 from .imageio import image_format
 from .inference_engine import NOT_FOUND, error_message
-from .visualise import overlay
+from .visualise import overlay, to_gray8
 
 logger = logging.getLogger("nasal.inference")
 SUMMARY_COLUMNS = (
@@ -80,7 +80,7 @@ def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def _save_png(path: Path, array: np.ndarray, level: int = 1) -> None:
+def save_png(path: Path, array: np.ndarray, level: int = 1) -> None:
     """``array`` (``(rows, cols)`` or RGB ``(rows, cols, 3)`` uint8) as a PNG: OpenCV, zlib ``level``, SUB filter."""
     image = np.ascontiguousarray(array[..., ::-1]) if array.ndim == 3 else np.ascontiguousarray(array)
     params = [cv2.IMWRITE_PNG_COMPRESSION, int(level), cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
@@ -259,13 +259,12 @@ class WriteFractureOutputsd(MapTransform):
             res = self.findings(d, image.shape)
         record: dict[str, Any] = {"image": name, **{k: res[k] for k in RECORD_KEYS if k in res}}
         with self.timer("map_pngs"):
-            _save_png(self.out / f"{stem}_region.png", res["region"].astype(np.uint8) * 255, self.png_level)
-            heat = np.round(np.clip(res["heatmap"], 0, 1) * 255).astype(np.uint8)
-            _save_png(self.out / f"{stem}_heatmap.png", heat, self.png_level)
+            save_png(self.out / f"{stem}_region.png", res["region"].astype(np.uint8) * 255, self.png_level)
+            save_png(self.out / f"{stem}_heatmap.png", to_gray8(res["heatmap"]), self.png_level)
         with self.timer("overlay"):
             picture = self._overlay(image, res)
         with self.timer("overlay_png"):
-            _save_png(self.out / f"{stem}_overlay.png", picture, self.png_level)
+            save_png(self.out / f"{stem}_overlay.png", picture, self.png_level)
         record.update(
             region_mask=f"{stem}_region.png",
             heatmap=f"{stem}_heatmap.png",

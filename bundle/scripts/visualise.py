@@ -18,10 +18,14 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def to_gray8(image01: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] (clipped) as uint8 0-255."""
+    return np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)
+
+
 def to_rgb(image01: np.ndarray) -> np.ndarray:
     """A ``(rows, cols)`` image in [0, 1] as ``(rows, cols, 3)`` uint8."""
-    gray = np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
+    return np.repeat(to_gray8(image01)[..., None], 3, axis=-1)
 
 
 def _extent(heatmap: np.ndarray | None, region: np.ndarray | None, pad: int) -> tuple[slice, slice] | None:
