@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from scripts.checkpoint import atomic_replace, fsync_dir
+
 FOLDERS = ("inbox", "staging", "outbox", "done", "refused", "failed")
 
 
@@ -35,24 +37,13 @@ def uid_hash(uid: str) -> str:
     return hashlib.sha256(str(uid).strip().encode()).hexdigest()[:12]
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically and durably (temporary file, then ``scripts.checkpoint.atomic_replace``:
+    fsync, rename, fsync of the folder)."""
     part = path.with_name(path.name + ".part")
     with open(part, "w") as f:
         json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
-    fsync_dir(path.parent)
+    atomic_replace(part, path)
 
 
 class DicomQueue:
@@ -96,10 +87,7 @@ class DicomQueue:
         try:
             with open(part, "wb") as f:
                 write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(part, final)
-            fsync_dir(final.parent)
+            atomic_replace(part, final)  # fsync, rename, fsync of inbox/
         except BaseException:
             part.unlink(missing_ok=True)
             raise

@@ -39,7 +39,7 @@ class CheckpointError(ValueError):
     """A weights file that is not the kind of checkpoint asked for (foreign, old, damaged or unsafe)."""
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX; a no-op elsewhere)."""
     if hasattr(os, "O_DIRECTORY"):
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -58,7 +58,7 @@ def atomic_replace(tmp: str | Path, path: str | Path) -> Path:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; weights are shared like any other output
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
