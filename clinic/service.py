@@ -19,11 +19,12 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,27 @@ def create_app(settings: ServiceSettings | None = None, engine: Any = None) -> F
         return service.result(name)
 
     return app
+
+
+@contextmanager
+def running(app: FastAPI, timeout: float = 60.0) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread of this process on a free loopback port (for the benchmark and the
+    browser test); its base URL, ``http://127.0.0.1:<port>``. The server stops when the block ends."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def _override(text: str) -> tuple[str, Any]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 GOAL_MEDIAN_MS = 150.0  # warm POST /predict of one 512x512 X-ray, one client
 
@@ -44,12 +44,6 @@ def _multipart(data: bytes, filename: str = "xray.png") -> tuple[bytes, str]:
     head += "Content-Type: application/octet-stream\r\n\r\n"
     body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Client:
@@ -95,24 +89,15 @@ def bench_service(
     ``concurrent`` (``_spread`` of the client latencies, the latter with ``clients`` and ``throughput_per_s``),
     ``server_median_ms`` (time inside the service, one client), ``goal_median_ms``, ``device``, ``image_size``.
     """
-    import uvicorn
-
     from .engine import WarmInference
-    from .service import ServiceSettings, create_app
+    from .service import ServiceSettings, create_app, running
 
     with tempfile.TemporaryDirectory(prefix="service_bench_") as tmp:
         work = Path(tmp)
         engine = WarmInference(work / "results", models_dir, device, overrides=overrides)
         app = create_app(ServiceSettings(work_dir=work, max_pending=clients + 1), engine)
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            while not server.started:
-                if not thread.is_alive():
-                    raise RuntimeError("the service did not start")
-                time.sleep(0.05)
+        with running(app) as url:
+            port = int(urlparse(url).port)
             body, content_type = _multipart(_phantom_xray(work, size).read_bytes())
             one = _Client(port, body, content_type)
             for _ in range(warmup):
@@ -142,9 +127,6 @@ def bench_service(
             for t in pool:
                 t.join()
             wall = time.perf_counter() - start
-        finally:
-            server.should_exit = True
-            thread.join(30)
         if len(latencies) != requests:
             raise RuntimeError(f"only {len(latencies)} of {requests} concurrent requests succeeded")
     return {

@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from clinic import REPO_ROOT
-from tests.servers import free_port
 from tests.test_inference import DETECT
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -26,25 +23,14 @@ ARTIFACTS = REPO_ROOT / "runs" / "test-artifacts"
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
     """A real uvicorn serving the app (untrained tiny weights, detector floor 0) on a free loopback port."""
-    import uvicorn
-
     from clinic.engine import WarmInference
-    from clinic.service import ServiceSettings, create_app
+    from clinic.service import ServiceSettings, create_app, running
 
     work = tmp_path_factory.mktemp("service")
     engine = WarmInference(work / "results", models, device="cpu", overrides={DETECT.lstrip("-"): 0.0})
     app = create_app(ServiceSettings(work_dir=work, max_upload_bytes=5_000_000), engine)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not uv.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(20)
+    with running(app) as url:
+        yield url
 
 
 def system_tool(path: Path) -> str:
