@@ -54,6 +54,7 @@ class DicomQueue:
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._moves = threading.RLock()  # closing an item and resending failed/ never interleave
         self._last = 0  # the microseconds of the last id
 
     def folder(self, name: str) -> Path:
@@ -124,18 +125,24 @@ class DicomQueue:
         if state not in ("done", "refused", "failed"):
             raise ValueError(f"unknown final state '{state}' (expected done, refused or failed)")
         path = self.folder(state) / f"{qid}.json"
-        write_json(path, record)
-        if state == "failed":
-            self._set_aside(qid)
-        self._drop_image(qid)
-        shutil.rmtree(self.folder("outbox") / qid, ignore_errors=True)
+        with self._moves:
+            write_json(path, record)
+            if state == "failed":
+                self._set_aside(qid)
+            self._drop_image(qid)
+            shutil.rmtree(self.folder("outbox") / qid, ignore_errors=True)
         return path
 
     def resend_failed(self) -> list[str]:
         """Put what ``failed/`` kept back in the queue (an image into ``inbox/``, results into ``outbox/``); its ids.
 
-        Safe while the node runs. The record goes first, so that a crash halfway leaves the files in ``failed/``.
+        Safe while the node runs (an item being closed finishes first). The record goes first, so that a crash
+        halfway leaves the files in ``failed/``.
         """
+        with self._moves:
+            return self._resend_failed()
+
+    def _resend_failed(self) -> list[str]:
         failed = self.folder("failed")
         ids = sorted({p.stem for p in failed.glob("*.dcm")} | {p.name for p in failed.iterdir() if p.is_dir()})
         for qid in ids:

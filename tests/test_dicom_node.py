@@ -269,11 +269,20 @@ def _outbox_item(queue, source: Path) -> str:
     return qid
 
 
-def test_an_image_whose_inference_keeps_failing_is_set_aside_and_later_ones_go_ahead(tmp_path, caplog) -> None:
+def test_an_image_whose_inference_keeps_failing_is_set_aside_and_later_ones_go_ahead(
+    tmp_path, caplog, monkeypatch
+) -> None:
     caplog.set_level(logging.INFO)
     engine = StandInEngine(tmp_path)
     nowhere = Destination("NOBODY", "127.0.0.1", free_port())
     node = DicomNode(tmp_path / "node", engine, nowhere, AET, port=0, max_infer_attempts=3, **RETRY)
+    drop_image = node.queue._drop_image
+
+    def slow_drop_image(qid: str) -> None:  # widens the window in which a resend meets an item being closed
+        time.sleep(0.3)
+        drop_image(qid)
+
+    monkeypatch.setattr(node.queue, "_drop_image", slow_drop_image)
     bad, good = (node.queue.add(uid, lambda f: f.write(b"image")) for uid in ("1.2.3.1", "1.2.3.2"))
     engine.bad.add(bad)
     failed = node.queue.folder("failed")
