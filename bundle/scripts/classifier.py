@@ -18,6 +18,10 @@ the quick CPU profile: EfficientNet-b0 trained from scratch on the 800 phantom t
 within the CPU budget (validation AUC <= 0.70 after 20 epochs, 6 min), while this network reaches 0.97 in
 about 12 epochs (80 s). Its feature map ``(B, 128, S/16, S/16)`` plays the same role as EfficientNet's head.
 
+``pretrained=True`` starts EfficientNet (``"rgb"`` stem only) from ImageNet weights, as the thesis did: from
+``pretrained_weights`` (a local state-dict file) or, without one, from MONAI's download (its ``url_map``). The start
+is not part of ``config``: a saved classifier is rebuilt from its own weights and never downloads anything.
+
 Checkpoints (``save_classifier``/``load_classifier``, format in ``checkpoint.py``) hold the constructor arguments,
 the ``state_dict`` and an ``info`` dict (operating ``threshold`` chosen on the validation split, crop size, box source,
 validation figures). Export and evaluation of the stage are in ``classifier_export.py``.
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import socket
 from pathlib import Path
 
 import torch
@@ -34,13 +40,15 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers import separable_filtering
 from monai.networks.nets import EfficientNetBN
+from monai.networks.nets.efficientnet import url_map
 from monai.visualize import GradCAM
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, fingerprint
 from .masks import scale01
 
 INPUT_MODES = ("rgb", "gray")
+DOWNLOAD_TIMEOUT_S = 60.0  # a download that cannot reach its server fails instead of hanging
 
 
 class ConvNet(nn.Module):
@@ -91,8 +99,10 @@ class FractureClassifier(nn.Module):
         fix_depthwise_init: initialise depthwise convolutions with their real fan-out (k*k); MONAI's port uses
             k*k*channels, which makes them about sqrt(channels) times too small.
         pooling: global pooling before the output layer, ``"avg"`` (EfficientNet's) or ``"max"``.
+        pretrained: start from ImageNet weights (``load_pretrained``; replaces the two initialisations above).
+        pretrained_weights: the local state-dict file of those weights; None: MONAI's download.
         Only the first four and ``pooling`` change what a trained network computes; the rest shape training
-        and are recorded.
+        and are recorded (``pretrained``/``pretrained_weights`` in ``pretrained_source``, not in ``config``).
     """
 
     target_layer = "head_act"
@@ -112,6 +122,8 @@ class FractureClassifier(nn.Module):
         zero_init_residual: bool = False,
         fix_depthwise_init: bool = False,
         pooling: str = "avg",
+        pretrained: bool = False,
+        pretrained_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         if in_channels_mode not in INPUT_MODES:
@@ -155,6 +167,15 @@ class FractureClassifier(nn.Module):
             self.net._avg_pooling = nn.AdaptiveMaxPool2d(1)
         self.register_buffer("blur_kernel", _gaussian_kernel(highpass_sigma), persistent=False)
         self._configure(dropout_rate, drop_connect_rate, zero_init_residual, fix_depthwise_init)
+        self.pretrained_source: str | None = None
+        if pretrained:
+            if model_name == "convnet" or in_channels_mode != "rgb":
+                raise ValueError(
+                    "classifier#pretrained needs an EfficientNet with the RGB stem (ImageNet weights have 3 input "
+                    f"channels): set classifier#in_channels_mode rgb, or classifier#pretrained false "
+                    f"(got {model_name}, {in_channels_mode})"
+                )
+            self.pretrained_source = load_pretrained(self.net, model_name, pretrained_weights)
 
     def _configure(self, dropout_rate, drop_connect_rate, zero_init_residual: bool, fix_depthwise_init: bool) -> None:
         if dropout_rate is not None:
@@ -224,6 +245,81 @@ class FractureClassifier(nn.Module):
                 for key in set(hooks) - before:
                     del hooks[key]
         return out.detach()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A weights-only state dict from ``path``: ``torch.load(weights_only=True)``, or ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier#pretrained_weights: no file at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ImportError(f"{path}: reading .safetensors needs the safetensors package") from err
+        state = load_file(str(path))
+    else:
+        state = checkpoint.safe_load(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict (parameter name -> tensor)")
+    return state
+
+
+def download_state_dict(model_name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights MONAI's ``EfficientNetBN(pretrained=True)`` downloads (its ``url_map``, torch hub's
+    cache, weights only); a one-line error naming ``classifier#pretrained_weights`` when that fails."""
+    url = url_map.get(model_name)
+    if url is None:
+        raise ValueError(f"classifier#pretrained: MONAI has no ImageNet weights for '{model_name}'")
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(before or DOWNLOAD_TIMEOUT_S)
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+    except Exception as err:  # offline (URLError), refused, a proxy's error page, a damaged download...
+        why = " ".join(str(err).split())[:200]
+        raise RuntimeError(
+            f"classifier#pretrained: could not download the ImageNet weights of {model_name} ({type(err).__name__}: "
+            f"{why}); on a machine without internet, download {url} elsewhere and set classifier#pretrained_weights "
+            "to that file (or classifier#pretrained false to train from scratch)"
+        ) from err
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def load_pretrained(net: nn.Module, model_name: str, path: str | Path | None = None) -> str:
+    """Copy ImageNet weights into ``net`` (an ``EfficientNetBN``) from ``path`` or MONAI's download; return the file's
+    name or the URL.
+
+    The file may use MONAI's parameter names or those of the EfficientNet-PyTorch file MONAI downloads. Every tensor
+    but the output layer ``_fc`` (1000 ImageNet classes here, one fracture logit) must be there with the same shape.
+    """
+    source = read_state_dict(path) if path else download_state_dict(model_name)
+    stacked = re.compile(r"(.+)\.\d+(\.\d+\..+)")  # MONAI "_blocks.<stage>.<block>." = the file's "_blocks.<block>."
+    state, wrong = net.state_dict(), []
+    for key, value in state.items():
+        if key.startswith("_fc.") or key.endswith("num_batches_tracked"):
+            continue
+        found = next((source[k] for k in (key, stacked.sub(r"\1\2", key)) if k in source), None)
+        if found is None or found.shape != value.shape:
+            wrong.append(f"{key} {tuple(value.shape)} vs {'missing' if found is None else tuple(found.shape)}")
+        else:
+            state[key] = found.to(value.dtype)
+    where = str(path) if path else url_map[model_name]
+    if wrong:
+        raise ValueError(
+            f"classifier#pretrained_weights: {where} does not fit {model_name} with an RGB stem: "
+            f"{len(wrong)} tensors missing or of another shape (first: {wrong[0]})"
+        )
+    net.load_state_dict(state)
+    return Path(path).name if path else where  # a file's name only: paths on hospital machines can identify
+
+
+def pretrained_parts(values: dict) -> dict[str, str]:
+    """The fingerprint part of the ImageNet start's file, by content (``{}`` without ``pretrained`` or a file)."""
+    path = values.get("pretrained_weights") if values.get("pretrained") else None
+    return {"pretrained_weights": fingerprint.file_fingerprint(path)} if path else {}
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
