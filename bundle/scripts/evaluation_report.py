@@ -37,6 +37,15 @@ def roc_curve(y: Sequence[int], score: Sequence[float]) -> tuple[np.ndarray, np.
     return fpr, tpr, thresholds
 
 
+def _marked_points(threshold: float, points: dict[str, float] | None) -> list[tuple[str, float]]:
+    """The main threshold (``main``) and the named ``points``, those at the same threshold merged into one label."""
+    merged: dict[float, list[str]] = {}
+    for name, t in [("main", float(threshold)), *((k, float(v)) for k, v in (points or {}).items())]:
+        same = next((k for k in merged if abs(k - t) < 1e-9), t)
+        merged.setdefault(same, []).append(name)
+    return [(" = ".join(names), t) for t, names in merged.items()]
+
+
 def plot_roc(
     path: str | Path,
     y,
@@ -46,37 +55,36 @@ def plot_roc(
     title: str = "ROC",
     points: dict[str, float] | None = None,
 ) -> Path:
-    """ROC curve PNG with the AUC (and CI) in the legend, the operating point and the named ``points`` marked."""
+    """ROC curve PNG with the AUC (and CI) in the legend and the main threshold and the named ``points`` (the
+    operating points) marked, points at the same threshold as one marker; when every point lies in the top-left
+    corner, an inset zooms on it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fpr, tpr, _ = roc_curve(y, score)
-    m = binary_metrics(y, score, threshold)
-    auc_txt = f"AUC {m['roc_auc']:.3f}"
+    auc_txt = f"AUC {binary_metrics(y, score, threshold)['roc_auc']:.3f}"
     if ci and "roc_auc" in ci:
         auc_txt += f" (95% CI {ci['roc_auc']['ci_low']:.3f}-{ci['roc_auc']['ci_high']:.3f})"
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
-    ax.step(fpr, tpr, where="post", lw=2, label=auc_txt)
-    ax.plot(
-        1 - m["specificity"],
-        m["sensitivity"],
-        "o",
-        color="C3",
-        label=f"threshold {threshold:.3f}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}",
-    )
-    for k, (name, t) in enumerate((points or {}).items()):
+    marked = []
+    for k, (name, t) in enumerate(_marked_points(threshold, points)):
         p = binary_metrics(y, score, t)
-        ax.plot(
-            1 - p["specificity"],
-            p["sensitivity"],
-            "sD^v"[k % 4],
-            mfc="none",
-            color=f"C{4 + k}",
-            label=f"{name} {t:.3f}: sens {p['sensitivity']:.2f}, spec {p['specificity']:.2f}",
-        )
+        label = f"{name}: p \u2265 {t:.3f}, sens {p['sensitivity']:.2f}, spec {p['specificity']:.2f}"
+        marked.append((1 - p["specificity"], p["sensitivity"], "oDs^v"[k % 5], f"C{3 + k}", label))
+    axes = [ax]
+    if marked and all(x <= 0.25 and y_ >= 0.75 for x, y_, *_ in marked):
+        inset = ax.inset_axes([0.42, 0.36, 0.5, 0.42])
+        inset.set(xlim=(-0.01, 0.25), ylim=(0.75, 1.01))
+        inset.tick_params(labelsize=6)
+        ax.indicate_inset_zoom(inset, edgecolor="0.5")
+        axes.append(inset)
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+    for a in axes:
+        a.step(fpr, tpr, where="post", lw=2, color="C0", label=auc_txt)
+        for x, y_, marker, colour, label in marked:
+            a.plot(x, y_, marker, ms=7, mfc="none", mew=1.8, color=colour, label=label)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
