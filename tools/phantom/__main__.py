@@ -2,7 +2,7 @@
 
 Command line: write a dataset (images, masks, ``dataset.csv``, ``preview.png``) and report the speed.
 
-Run: ``PYTHONPATH=bundle python -m tools.phantom --out data/phantom --n 1000``.
+Run: ``PYTHONPATH=bundle python -m tools.phantom --out data/phantom --n 1000`` (``--site b``: the second site).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .dataset import write_dataset
+from .site import SITES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,10 +23,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fracture_rate", type=float, default=0.4)
     p.add_argument("--size", type=int, default=512)
+    p.add_argument(
+        "--site",
+        choices=SITES,
+        default="a",
+        help="device profile: a (default) or b, a second hospital's room (tools/phantom/site.py)",
+    )
     args = p.parse_args(argv)
     stats: dict = {}
     t0 = time.perf_counter()
-    csv_path = write_dataset(args.out, args.n, args.fracture_rate, args.seed, args.size, stats=stats)
+    csv_path = write_dataset(args.out, args.n, args.fracture_rate, args.seed, args.size, stats=stats, site=args.site)
     total = time.perf_counter() - t0
     n = max(stats["images"], 1)
     print(csv_path)

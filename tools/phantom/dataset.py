@@ -1,4 +1,8 @@
-"""Dataset writing: per-patient plan (seed, label, file kinds), image/mask files, ``dataset.csv`` and preview."""
+"""Dataset writing: per-patient plan (seed, label, file kinds), image/mask files, ``dataset.csv`` and preview.
+
+File kinds are ``scripts.imageio.KINDS`` and ``site.INVERTED_KINDS`` (an imageio kind written with ``1 - image``:
+a MONOCHROME1 image exported to PNG/JPEG by a tool that ignored its photometric interpretation).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from .preview import save_preview
 from .render import render_patient
+from .site import INVERTED_KINDS, SITE_B_FORMATS, check_site
 
 DEFAULT_FORMATS: dict[str, float] = {  # file kind (scripts.imageio.KINDS) -> share of images
     "png8": 0.35,
@@ -41,10 +46,13 @@ def write_dataset(
     fracture_rate: float = 0.4,
     seed: int = 0,
     size: int = 512,
-    formats: Mapping[str, float] = DEFAULT_FORMATS,
+    formats: Mapping[str, float] | None = None,
     stats: dict | None = None,
+    site: str = "a",
 ) -> Path:
-    """Write ``n_images`` views (2 per patient; the last patient has 1 if ``n_images`` is odd).
+    """Write ``n_images`` views (2 per patient; the last patient has 1 if ``n_images`` is odd) of device ``site``.
+
+    ``formats`` (file kind -> share) defaults to the site's: ``DEFAULT_FORMATS`` (site a), ``SITE_B_FORMATS`` (b).
 
     Creates ``images/``, ``masks/`` (fracture views only), ``dataset.csv`` (columns ``CSV_COLUMNS``,
     paths relative to ``out_dir``) and ``preview.png``; returns the csv path. If ``stats`` is given it
@@ -54,6 +62,7 @@ def write_dataset(
 
     from scripts.imageio import save_xray
 
+    formats = formats or (SITE_B_FORMATS if check_site(site) == "b" else DEFAULT_FORMATS)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -63,11 +72,14 @@ def write_dataset(
         pid = f"P{i:04d}"
         pseed, fracture, kinds = _patient_plan(seed, i, fracture_rate, formats)
         t0 = time.perf_counter()
-        views = render_patient(pseed, fracture, n_views=min(2, n_images - 2 * i), size=size)
+        views = render_patient(pseed, fracture, n_views=min(2, n_images - 2 * i), size=size, site=site)
         t1 = time.perf_counter()
         for v, view in enumerate(views):
             name = f"{pid}_{v}"
-            path = save_xray(out / "images" / name, view.image, kinds[v])
+            if kinds[v] in INVERTED_KINDS:
+                path = save_xray(out / "images" / name, 1 - view.image, INVERTED_KINDS[kinds[v]])
+            else:
+                path = save_xray(out / "images" / name, view.image, kinds[v])
             mask_rel = ""
             if view.label:
                 mask_rel = f"masks/{name}.png"

@@ -1,4 +1,4 @@
-"""Detector and display: quantum noise, exposure/gamma lookup table, collimation bands, burned-in markers."""
+"""Detector and display: quantum noise, exposure/gamma/tone lookup table, collimation bands, burned-in markers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from .font import text_bitmap
 from .geometry import ramp
 from .params import Array, View
+from .site import tone_curve
 
 LUT_N, LUT_MAX = 8192, 16.0
 
@@ -18,6 +19,8 @@ def detector(att: Array, view: View, rng: np.random.Generator, top: float) -> Ar
     grid = np.linspace(0, LUT_MAX, LUT_N)  # attenuation at the detector (after the energy factor)
     norm = 1 - math.exp(-view.exposure * view.window * top)
     shown = np.clip((1 - np.exp(-view.exposure * grid)) / norm, 0, 1) ** view.gamma
+    if view.tone is not None:
+        shown = tone_curve(shown, *view.tone)
     # quantum noise: std of the log signal is 1/sqrt(photons * exp(-A)); propagate through the display slope
     std_a = np.minimum(np.exp(0.5 * grid) * math.sqrt(12.0 / view.photons), 0.8)  # x sqrt(12): uniform noise
     slope = np.gradient(shown, grid)

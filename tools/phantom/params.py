@@ -111,6 +111,9 @@ class View:
     texture: float
     collimation: list[tuple[str, float, float]]  # (edge, width fraction, value)
     markers: int
+    tone: tuple[float, float] | None = None  # S-shaped tone curve (contrast, midpoint) after the gamma; None: none
+    unsharp: tuple[float, float] = (0.0, 0.0)  # edge enhancement: amount, Gaussian sigma in px at 512 px
+    site: str = "a"  # device profile (tools.phantom.site): its burned-in text
 
 
 @dataclass

@@ -13,6 +13,7 @@ from .head import add_bones, soft_tissue
 from .nasal import displaced_tip, nasal_bone
 from .params import MU_BONE, MU_SOFT, REF_MM, Anatomy, Array, PhantomView, View
 from .sampling import sample_patient, sample_view, uniform
+from .site import burn_site_b_text, check_site, site_b_pose, site_b_view, unsharp_mask
 
 
 def resize(a: Array, size: int) -> Array:
@@ -48,8 +49,11 @@ def _place(view: View, anat: Anatomy, tip_mm: Array, size: int, margin: float = 
     view.centre = (view.centre[0] + dx, view.centre[1] + dy)
 
 
-def _render_view(anat: Anatomy, view: View, size: int, rng: np.random.Generator) -> PhantomView:
-    """Render one view: coarse anatomy, fine nasal region, detector, borders and markers."""
+def _render_view(
+    anat: Anatomy, view: View, size: int, rng: np.random.Generator, text_rng: np.random.Generator | None = None
+) -> PhantomView:
+    """Render one view: coarse anatomy, fine nasal region, detector, processing, borders and markers
+    (site B's text from ``text_rng``)."""
     tip_mm = displaced_tip(anat)
     _place(view, anat, tip_mm, size)
     coarse = Frame(view, size, (size + 1) // 2)
@@ -63,6 +67,8 @@ def _render_view(anat: Anatomy, view: View, size: int, rng: np.random.Generator)
         att[sl] += MU_BONE * ndimage.gaussian_filter(nasal, view.blur, truncate=3.0)
         mask[sl] = mask_box
     img = detector(att, view, rng, top)
+    if view.unsharp[0]:
+        img = unsharp_mask(img, view.unsharp[0], view.unsharp[1] * size / 512)
     nas_px, tip_px = fine.to_px(np.array([anat.nasion, tip_mm]))
     keep = (
         min(nas_px[0], tip_px[0]) - 20,
@@ -71,7 +77,10 @@ def _render_view(anat: Anatomy, view: View, size: int, rng: np.random.Generator)
         max(nas_px[1], tip_px[1]) + 20,
     )
     collimate(img, view, keep)
-    burn_markers(img, view, rng, keep)
+    if view.site == "b":
+        burn_site_b_text(img, text_rng or rng, keep)
+    else:
+        burn_markers(img, view, rng, keep)
     frac = anat.fracture
     return PhantomView(
         image=np.clip(img, 0, 1).astype(np.float32),
@@ -81,14 +90,18 @@ def _render_view(anat: Anatomy, view: View, size: int, rng: np.random.Generator)
         label=int(frac is not None),
         meta={
             "fracture_kind": frac.kind if frac else "",
+            "site": view.site,
             "px_per_mm": fine.k,
             "bone_length_px": float(np.hypot(*(tip_px - nas_px))),
         },
     )
 
 
-def render_patient(patient_seed: int, fracture: bool, n_views: int = 2, size: int = 512) -> list[PhantomView]:
-    """Render ``n_views`` acquisitions of one patient (same anatomy, label and fracture)."""
+def render_patient(
+    patient_seed: int, fracture: bool, n_views: int = 2, size: int = 512, site: str = "a"
+) -> list[PhantomView]:
+    """Render ``n_views`` acquisitions of one patient (same anatomy, label and fracture) on device ``site``."""
+    check_site(site)
     anat = sample_patient(patient_seed, fracture)
     prng = np.random.default_rng([patient_seed, 3])
     base = {
@@ -97,8 +110,16 @@ def render_patient(patient_seed: int, fracture: bool, n_views: int = 2, size: in
         "dx": uniform(prng, -0.07, 0.07),
         "dy": uniform(prng, -0.07, 0.07),
     }
+    if site == "b":
+        base = site_b_pose(base, patient_seed)
     views = []
     for v in range(n_views):
         vrng = np.random.default_rng([patient_seed, 4, v])
-        views.append(_render_view(anat, sample_view(vrng, base, size), size, vrng))
+        view = sample_view(vrng, base, size)
+        if site == "b":  # its own stream: the noise and texture draws of vrng stay those of site a
+            srng = np.random.default_rng([patient_seed, 6, v])
+            site_b_view(view, srng)
+            views.append(_render_view(anat, view, size, vrng, srng))
+        else:
+            views.append(_render_view(anat, view, size, vrng))
     return views
