@@ -34,7 +34,7 @@ h2{font-size:13px;text-transform:uppercase;letter-spacing:.06em;color:var(--mute
 h3{font-size:15px;margin:16px 0 6px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:12px 14px}
 .grid{display:grid;gap:12px}
-.top{grid-template-columns:minmax(0,1fr) minmax(0,1fr);margin-bottom:12px}
+.top{grid-template-columns:minmax(0,1.15fr) minmax(0,1fr);margin-bottom:12px}
 p{margin:6px 0}.muted{color:var(--muted)}.small{font-size:12px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 th,td{padding:3px 8px;border-bottom:1px solid #e8ecf0;text-align:left;vertical-align:top}
@@ -42,11 +42,12 @@ th{font-weight:600;color:var(--muted);font-size:12px}
 td.num,th.num{text-align:right;white-space:nowrap}
 .ci{color:var(--muted);font-size:12px}
 .card table{min-width:50%}.card table.summary-table{width:100%}
-.summary-table td{padding:3px 8px;vertical-align:baseline}.summary-table tr.first td{border-top:2px solid var(--line)}
-.summary-table td.stage{font-weight:600;width:120px}.summary-table td.means{font-size:12.5px;width:28%;
+.summary-table{font-size:13px}.summary-table td{padding:2px 8px;vertical-align:baseline}
+.summary-table tr.first td{border-top:2px solid var(--line)}
+.summary-table td.stage{font-weight:600;width:120px}.summary-table td.means{font-size:12.5px;width:25%;
 color:#2b3744;background:#f7f9fb}.summary-table td.thesis{font-size:12px;color:var(--muted)}
 .summary-table .v{font-weight:600}
-.caveat{border-left:4px solid #e0a030;background:#fff8ea}
+.caveat{border-left:4px solid #e0a030;background:#fff8ea;font-size:13px}
 .figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:6px}
 figcaption{font-size:12px;color:var(--muted);max-width:100%;padding:4px 2px 0}

@@ -252,9 +252,9 @@ def method_label(name: str) -> str:
 
 
 def localisation_figures(evaluation: dict, seeds: dict | None) -> list[tuple[str, Figure, Figure]]:
-    """Per method (the run's and the seed table's): (name, pointing game, Dice)."""
+    """Per method of the run (else of the seed table): (name, pointing game, Dice)."""
     src, methods = "localisation/localisation.json", evaluation.get("methods", {})
-    names = set(methods) | set(seed_methods(seeds))
+    names = set(methods) or set(seed_methods(seeds))  # the seed table's other variants: in its own table
     out = []
     for name in sorted(names, key=method_order):
         r = methods.get(name, {})

@@ -412,37 +412,52 @@ def _order(name: str) -> tuple[int, str]:
     return method_order(name)
 
 
+SEED_GROUPS = ("classifier", "localisation", "repaired", "discriminator")  # the seed table's row order
+METRIC_KINDS = {"pointing": "pct", "dice": "2", "iou": "2", "energy": "pct"}
+
+
+def _seed_row_order(key: str) -> tuple:
+    parts = key.split("/")
+    group = SEED_GROUPS.index(parts[0]) if parts[0] in SEED_GROUPS else len(SEED_GROUPS)
+    metric = list(METRIC_KINDS).index(parts[-1]) if parts[-1] in METRIC_KINDS else len(METRIC_KINDS)
+    return (group, metric, _order(parts[1]) if len(parts) >= 3 else (0, ""), key)
+
+
 def seeds_table(seeds: dict) -> str:
-    """Every figure of the seed table: mean [min, max] per configuration (columns), metric (rows)."""
+    """Every figure of the seed table: mean [min, max] per configuration (columns) and figure (rows); figure names
+    ``<group>/<method>/<metric>`` (any method) or ``<group>/<metric>``."""
     summary = seeds.get("summary") or {}
     configs = list(summary)
-    keys = sorted(
-        {k for c in configs for k in summary[c]},
-        key=lambda k: (k.split("/")[0] != "classifier", _order(k.split("/")[1]) if k.count("/") >= 2 else (0, ""), k),
-    )
     rows = []
-    for key in keys:
-        kind = (
-            "pct" if key.rsplit("/", 1)[-1] in ("pointing", "energy", "accuracy", "sensitivity", "specificity") else "3"
-        )
+    for key in sorted({k for c in configs for k in summary[c]}, key=_seed_row_order):
         parts = key.split("/")
-        label = f"{method_label(parts[1])} &middot; {esc(parts[-1])}" if len(parts) >= 3 else esc(key)
+        kind = METRIC_KINDS.get(parts[-1], "3")
+        label = f"{esc(parts[0])}: {esc(' / '.join(parts[1:]))}" if len(parts) == 2 else esc(key)
+        if len(parts) >= 3:
+            label = f"{esc(parts[0])}: {esc(method_label(parts[1]))}, {esc(parts[-1])}"
         cells = []
         for c in configs:
             s = summary[c].get(key)
+            ok = s and s.get("mean") is not None
             cells.append(
-                "-"
-                if not s or s.get("mean") is None
-                else f"{fmt(s['mean'], kind)} <span class='ci'>{fmt_ci((s['min'], s['max']), kind)} "
-                f"n={s.get('n', '?')}</span>"
+                page.with_ci(s["mean"], (s["min"], s["max"]), kind) + f" <span class='ci'>n={s.get('n')}</span>"
+                if ok
+                else "-"
             )
         rows.append([f"{label} <span class='ci'>{esc(key)}</span>", *cells])
+    variants = seeds.get("variants") or {}
+    changes = "; ".join(
+        f"<b>{esc(k)}</b>: {esc(', '.join(f'{a}={b}' for a, b in v.items()))}" for k, v in variants.items() if v
+    )
     n = len(seeds.get("seeds") or [])
     return (
-        f"<h3>Over {n} seeds: mean [min, max]</h3>"
+        f"<h3>Over {n} seeds ({esc(', '.join(map(str, seeds.get('seeds') or [])))}): mean [min, max]</h3>"
         + table(["Figure", *(esc(c) for c in configs)], rows)
-        + "<p class='small muted'>Each configuration retrained with each seed on the same split "
-        "(<code>tools/seeds.py</code>); n: seeds with that figure.</p>"
+        + "<p class='small muted'>Each configuration retrained with each seed on the same split and detector "
+        "(<code>tools/seeds.py</code>); n: seeds with that figure."
+        + (f" Configurations: {changes}." if changes else "")
+        + (f" Command: <code>{esc(seeds['command'])}</code>." if seeds.get("command") else "")
+        + "</p>"
     )
 
 
