@@ -282,3 +282,13 @@ def test_site_b_dataset_monochrome1(tmp_path: Path) -> None:
                 assert np.corrcoef(loaded.ravel(), view.image.ravel())[0, 1] < -0.95
                 kinds.add("jpg")
     assert kinds == {"dcm", "jpg"}
+
+
+def test_site_comparison_picture(tmp_path: Path) -> None:
+    """docs/site_b.png's maker: one row a patient, five tiles (A, B stored, B read, the two nasal regions)."""
+    from PIL import Image
+
+    from tools.phantom import save_site_comparison
+
+    path = save_site_comparison(tmp_path / "sites.png", seeds=(1, 2), tile=64)
+    assert np.asarray(Image.open(path)).shape == (28 + 2 * 68, 5 * 68, 3)

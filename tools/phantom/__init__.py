@@ -13,13 +13,14 @@ independently of the label. The random streams of anatomy, confounders, fracture
 separate, so ``render_patient(s, True)`` and ``render_patient(s, False)`` differ only by the fracture.
 
 
-Run: ``PYTHONPATH=bundle python -m tools.phantom --out data/phantom --n 1000``.
+Run: ``PYTHONPATH=bundle python -m tools.phantom --out data/phantom --n 1000``; ``--site b`` renders the same kind of
+patients on a second device (``site``: tone curve, edge enhancement, exposure, field, collimation, text, MONOCHROME1).
 
 Modules: ``params`` (constants and parameter records), ``sampling`` (random patients and views),
 ``geometry`` (pixel grid <-> patient frame, shape primitives), ``head`` (skull, face, teeth, spine),
 ``nasal`` (nasal bone, confounders, fractures), ``detector`` (exposure, noise, collimation, markers),
-``font`` (burned-in text), ``render`` (views of a patient), ``dataset`` (files and csv), ``preview``
-(annotated contact sheet), ``__main__`` (command line).
+``font`` (burned-in text), ``site`` (device profiles), ``render`` (views of a patient), ``dataset`` (files and csv),
+``preview`` (annotated contact sheet, site comparison), ``__main__`` (command line).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from .dataset import CSV_COLUMNS, DEFAULT_FORMATS, write_dataset
 from .font import text_bitmap
 from .nasal import displaced_tip
 from .params import FRACTURE_KINDS, Anatomy, Fracture, Groove, Line, PhantomView, View
-from .preview import preview_tile, save_preview
+from .preview import preview_tile, save_preview, save_site_comparison
 from .render import render_patient
 from .sampling import sample_patient
+from .site import SITE_B_FORMATS, SITES
 
 __all__ = [
     "CSV_COLUMNS",
     "DEFAULT_FORMATS",
     "FRACTURE_KINDS",
+    "SITES",
+    "SITE_B_FORMATS",
     "Anatomy",
     "Fracture",
     "Groove",
@@ -47,6 +51,7 @@ __all__ = [
     "render_patient",
     "sample_patient",
     "save_preview",
+    "save_site_comparison",
     "text_bitmap",
     "write_dataset",
 ]
