@@ -1,0 +1,182 @@
+"""tools.seeds: the orchestration (with the training replaced by a fake that writes the JSON files), the figures it
+collects, the mean/min/max table, --collect-only; and, marked slow, the real thing on the tiny phantom."""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+
+from tools import seeds
+
+
+def _write(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def _arg(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+class FakePipeline:
+    """Stands in for ``run_step``: records each command; a training writes weights and the result files, with
+    figures made from its seed (and, for G-D-C, from ``gan#gdc_d_weight``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, cmd: list[str]) -> None:
+        if "crops_csv" in cmd:
+            out = Path(_arg(cmd, "--output_dir"))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "split.csv").write_text("image,patient_id,label,split\na.png,P0,1,train\nb.png,P1,0,test\n")
+            self.calls.append({"crops": True, "out": out})
+            return
+        out, models = Path(_arg(cmd, "--output_dir")), Path(_arg(cmd, "--models_dir"))
+        only, args = ast.literal_eval(_arg(cmd, "--only")), ast.literal_eval(_arg(cmd, "--stage_args"))
+        self.calls.append({"out": out, "only": only, "args": args, "models": sorted(p.name for p in models.iterdir())})
+        seed, d_weight = args["seed"], args.get("gan#gdc_d_weight", 1.0)
+        for stage in only:
+            (models / f"{stage}.pt").write_text(json.dumps({"stage": stage, **args}))
+            _write(models / f"{stage}.fingerprint.json", {"fingerprint": stage})
+        if "classifier" in only:
+            _write(out / "classifier" / "evaluation.json", {"metrics": {"roc_auc": {"value": 0.9 + seed / 100}}})
+        if "gd" in only:
+            _write(out / "gd" / "discriminator.json", {"roc_auc_real_vs_generated": 0.5 + seed / 10, "note": "x"})
+        if "gdc2" in only:
+            methods = {"gdc2[intent]": {"pointing": seed / 4 + d_weight, "dice": 0.1, "iou": 0.05, "energy": 0.2}}
+            methods["gradcam"] = {"pointing": 0.5, "dice": 0.3, "iou": 0.2, "energy": 0.4, "dice_ci95": [0.1, 0.5]}
+            repaired = {"gdc2[intent]": {k: 0.25 * seed for k in seeds.REPAIRED_KEYS} | {"mean_abs_change": 0.01}}
+            _write(out / "localisation" / "localisation.json", {"methods": methods, "repaired": repaired})
+
+
+def test_summary_is_mean_min_max_over_the_seeds_that_have_the_figure() -> None:
+    runs = {"0": {"a": 0.2, "b": 1.0}, "1": {"a": 0.6}, "2": {"a": 0.4, "b": 3.0}}
+    summary = seeds.summarise(runs)
+    assert summary["a"] == pytest.approx({"mean": 0.4, "min": 0.2, "max": 0.6, "n": 3})
+    assert summary["b"] == pytest.approx({"mean": 2.0, "min": 1.0, "max": 3.0, "n": 2})
+
+
+def test_figures_reads_every_method_and_repaired_entry(tmp_path) -> None:
+    run = tmp_path / "seed0"
+    _write(run / "classifier" / "evaluation.json", {"metrics": {"roc_auc": {"value": 0.97, "ci_low": 0.9}}})
+    methods = {
+        "new method": {"pointing": 1, "dice": 0.5, "iou": 0.25, "energy": 0.75, "threshold": 0.3},
+        "gdc2[literal]": {"pointing": 0.0, "dice": float("nan"), "iou": 0.1, "energy": 0.2},
+    }
+    repaired = {"gdc2[literal]": {"c_prob_original": 0.9, "c_prob_repaired": 0.2, "d_prob_original": 0.6}}
+    _write(run / "localisation" / "localisation.json", {"methods": methods, "repaired": repaired})
+    _write(run / "gd" / "discriminator.json", {"d_prob_real": 0.7, "flag": True, "by_split": {"test": 0.8}})
+    assert seeds.figures(run) == {
+        "classifier/roc_auc": 0.97,
+        "localisation/new method/pointing": 1.0,
+        "localisation/new method/dice": 0.5,
+        "localisation/new method/iou": 0.25,
+        "localisation/new method/energy": 0.75,
+        "localisation/gdc2[literal]/pointing": 0.0,  # NaN Dice left out, not averaged
+        "localisation/gdc2[literal]/iou": 0.1,
+        "localisation/gdc2[literal]/energy": 0.2,
+        "repaired/gdc2[literal]/c_prob_original": 0.9,
+        "repaired/gdc2[literal]/c_prob_repaired": 0.2,
+        "repaired/gdc2[literal]/d_prob_original": 0.6,
+        "discriminator/d_prob_real": 0.7,
+        "discriminator/by_split/test": 0.8,
+    }
+    assert seeds.figures(tmp_path / "absent") == {}
+
+
+def test_variant_parsing_and_unknown_keys() -> None:
+    assert seeds.parse_variant(["no_d", "gan#gdc_d_weight=0", "gan#mask_polarity=literal"]) == (
+        "no_d",
+        {"gan#gdc_d_weight": 0, "gan#mask_polarity": "literal"},
+    )
+    with pytest.raises(ValueError):
+        seeds.parse_variant(["no_d"])
+    with pytest.raises(ValueError):
+        seeds.parse_variant(["main", "seed=1"])
+    seeds.check_overrides({"gan#gdc_d_weight": 0, "gdc2#mask_threshold": 0.1}, "tiny")
+    with pytest.raises(KeyError, match="gan#gdc_d_wieght"):
+        seeds.check_overrides({"gan#gdc_d_wieght": 0}, "tiny")
+
+
+def test_orchestration_and_table(tmp_path, monkeypatch) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    (data / "dataset.csv").write_text("image,patient_id,label\na.png,P0,1\nb.png,P1,0\n")
+    detector = tmp_path / "given" / "mydet.pt"
+    detector.parent.mkdir()
+    detector.write_bytes(b"weights")
+    (detector.parent / "mydet.json").write_text("{}")
+    fake = FakePipeline()
+    monkeypatch.setattr(seeds, "run_step", fake)
+    argv = ["--data", str(data), "--out", str(out), "--seeds", "0", "2", "--profile", "tiny"]
+    argv += ["--detector", str(detector), "--variant", "no_d", "gan#gdc_d_weight=0"]
+    doc = seeds.main(argv)
+
+    # no detector training (given), the crop cache once, then seed 0, seed 2, then the variant per seed
+    stages = [c.get("only") for c in fake.calls]
+    assert stages == [None, seeds.SEED_STAGES, seeds.SEED_STAGES, seeds.VARIANT_STAGES, seeds.VARIANT_STAGES]
+    shared = {"split_file": str(out / "shared" / "split.csv"), "crops_csv#out_dir": str(out / "shared/crops/crops")}
+    assert fake.calls[1]["args"] == {"seed": 0, **shared} and fake.calls[1]["out"] == out / "seed0"
+    assert fake.calls[1]["models"] == ["detector.json", "detector.pt"]  # the detector copied in before training
+    assert fake.calls[4]["args"] == {"seed": 2, **shared, "gan#gdc_d_weight": 0}
+    assert fake.calls[4]["out"] == out / "seed2-no_d"
+    copied = ["classifier.fingerprint.json", "classifier.pt", "detector.json", "detector.pt", "gd.fingerprint.json"]
+    assert fake.calls[4]["models"] == sorted([*copied, "gd.pt"])
+    assert filecmp.cmp(out / "seed2" / "models" / "gd.pt", out / "seed2-no_d" / "models" / "gd.pt", shallow=False)
+    assert (out / "seed0" / "models" / "detector.pt").read_bytes() == b"weights"
+
+    saved = json.loads((out / "seeds.json").read_text())
+    assert saved == json.loads(json.dumps(doc))
+    assert saved["seeds"] == [0, 2] and saved["profile"] == "tiny"
+    assert saved["dataset"]["images"] == 2 and saved["dataset"]["split_images"] == {"train": 1, "val": 0, "test": 1}
+    assert str(tmp_path) not in json.dumps(saved["dataset"]) + json.dumps(saved["detector"])
+    main = saved["summary"]["main"]
+    assert main["classifier/roc_auc"] == pytest.approx({"mean": 0.91, "min": 0.9, "max": 0.92, "n": 2})
+    assert main["localisation/gdc2[intent]/pointing"] == pytest.approx({"mean": 1.25, "min": 1.0, "max": 1.5, "n": 2})
+    assert main["discriminator/roc_auc_real_vs_generated"]["max"] == pytest.approx(0.7)
+    assert saved["runs"]["main"]["2"]["repaired/gdc2[intent]/c_prob_repaired"] == 0.5
+    no_d = saved["summary"]["no_d"]
+    assert no_d["localisation/gdc2[intent]/pointing"] == pytest.approx({"mean": 0.25, "min": 0.0, "max": 0.5, "n": 2})
+    assert "classifier/roc_auc" not in no_d  # C is not evaluated again in a variant
+    assert saved["variants"] == {"main": {}, "no_d": {"gan#gdc_d_weight": 0}}
+    assert saved["command"].startswith("python -m tools.seeds --data") and "--variant no_d" in saved["command"]
+
+    table = (out / "seeds.md").read_text()
+    assert "| ROC AUC | 0.910 [0.900, 0.920] | 0.900 / 0.920 | — | — / — |" in table
+    assert "| gdc2[intent] | 1.250 [1.000, 1.500] | 1.000 / 1.500 | 0.250 [0.000, 0.500] | 0.000 / 0.500 |" in table
+    assert table.index("## Classifier") < table.index("pointing game") < table.index("## Repaired")
+
+    # --collect-only: no training, the same table from the run folders
+    (out / "seeds.json").unlink()
+    (out / "seeds.md").unlink()
+    monkeypatch.setattr(seeds, "run_step", lambda cmd: pytest.fail(f"collect-only ran {cmd}"))
+    seeds.main([*argv, "--collect-only"])
+    assert json.loads((out / "seeds.json").read_text()) == saved
+    assert (out / "seeds.md").read_text() == table
+
+
+def test_detector_trained_once_when_not_given(tmp_path, monkeypatch) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    (data / "dataset.csv").write_text("image,patient_id,label\na.png,P0,1\n")
+    fake = FakePipeline()
+
+    def pipeline(cmd: list[str]) -> None:
+        if "--only" in cmd and ast.literal_eval(_arg(cmd, "--only")) == ["detector"]:
+            models = Path(_arg(cmd, "--models_dir"))
+            models.mkdir(parents=True)
+            (models / "detector.pt").write_bytes(b"trained")
+            fake.calls.append({"only": ["detector"], "args": ast.literal_eval(_arg(cmd, "--stage_args"))})
+            return
+        fake(cmd)
+
+    monkeypatch.setattr(seeds, "run_step", pipeline)
+    seeds.main(["--data", str(data), "--out", str(out), "--seeds", "0", "1", "--profile", "tiny"])
+    assert [c.get("only") for c in fake.calls] == [["detector"], None, seeds.SEED_STAGES, seeds.SEED_STAGES]
+    assert fake.calls[0]["args"] == {"seed": 0}
+    assert (out / "seed1" / "models" / "detector.pt").read_bytes() == b"trained"
