@@ -9,7 +9,7 @@ BUNDLE   := python -m monai.bundle run
 # The bundle's code (bundle/scripts) is imported the Model Zoo way, from the bundle folder; tools/ from here.
 export PYTHONPATH := $(CURDIR)/bundle$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup system-packages data demo train validate-data test test-all bench lint package zoo-check paper-smoke serve dicom-node clean
+.PHONY: setup system-packages data demo seeds train validate-data test test-all bench lint package zoo-check paper-smoke serve dicom-node clean
 
 setup: $(STAMP) system-packages
 
@@ -37,6 +37,14 @@ data: $(STAMP)
 # Everything: phantom data, all five stages (quick CPU profile), evaluation, inference, report.
 demo: $(STAMP)
 	$(PY) -m tools.demo --data $(DATA) --n $(N) --out $(OUT) --profile $(PROFILE)
+
+# Figures over seeds (tools/seeds.py): the detector trained once, then C, G-D, G-D-C steps 1 and 2 retrained with each
+# of SEEDS on the same split, mean [min, max] of every figure in OUT/seeds.json and seeds.md (default OUT runs/seeds).
+# Ablations: SEEDS_ARGS="--variant no_d gan#gdc_d_weight=0"; rerunning skips what is current.
+SEEDS ?= 0 1 2
+seeds: OUT = runs/seeds
+seeds: $(STAMP)
+	$(PY) -m tools.seeds --data $(DATA) --out $(OUT) --profile $(PROFILE) --seeds $(SEEDS) $(SEEDS_ARGS)
 
 train: $(STAMP)
 	.venv/bin/$(BUNDLE) training --config_file bundle/configs/train.yaml --profile $(PROFILE) --dataset_dir $(DATA) --output_dir $(OUT)
