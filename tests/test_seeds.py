@@ -70,7 +70,8 @@ def test_figures_reads_every_method_and_repaired_entry(tmp_path) -> None:
     }
     repaired = {"gdc2[literal]": {"c_prob_original": 0.9, "c_prob_repaired": 0.2, "d_prob_original": 0.6}}
     _write(run / "localisation" / "localisation.json", {"methods": methods, "repaired": repaired})
-    _write(run / "gd" / "discriminator.json", {"d_prob_real": 0.7, "flag": True, "by_split": {"test": 0.8}})
+    disc = {"d_prob_real": 0.7, "flag": True, "val_crops": 40, "split": "val", "by_split": {"test": 0.8}}
+    _write(run / "gd" / "discriminator.json", disc)
     assert seeds.figures(run) == {
         "classifier/roc_auc": 0.97,
         "localisation/new method/pointing": 1.0,
@@ -180,3 +181,42 @@ def test_detector_trained_once_when_not_given(tmp_path, monkeypatch) -> None:
     assert [c.get("only") for c in fake.calls] == [["detector"], None, seeds.SEED_STAGES, seeds.SEED_STAGES]
     assert fake.calls[0]["args"] == {"seed": 0}
     assert (out / "seed1" / "models" / "detector.pt").read_bytes() == b"trained"
+
+
+def _pipeline(run: Path) -> dict:
+    return json.loads((run / "pipeline.json").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_tiny_phantom_end_to_end(tiny_dataset, models, tmp_path) -> None:
+    """Two seeds and one variant for real (tiny profile, the untrained test detector): the variant retrains G-D-C
+    with its override beside the seed's own C and G-D, and the same command again trains nothing."""
+    out = tmp_path / "seeds"
+    argv = ["--data", str(tiny_dataset), "--out", str(out), "--seeds", "0", "1", "--profile", "tiny"]
+    argv += ["--detector", str(models / "detector.pt"), "--variant", "no_d", "gan#gdc_d_weight=0"]
+    doc = seeds.main(argv)
+
+    for seed in ("0", "1"):
+        main, no_d = doc["runs"]["main"][seed], doc["runs"]["no_d"][seed]
+        assert {"classifier/roc_auc", "localisation/gradcam/dice", "localisation/occlusion/pointing"} <= set(main)
+        assert any(k.startswith("repaired/gdc2[") for k in main) and any(
+            k.startswith("localisation/gdc2[") for k in no_d
+        )
+        assert not any(k.startswith("classifier/") for k in no_d)
+        variant, own = out / f"seed{seed}-no_d", out / f"seed{seed}"
+        assert sorted(_pipeline(variant)) == ["gdc1", "gdc2"]
+        assert not any(s["status"].startswith("skipped") for s in _pipeline(variant).values())
+        for stem in ("detector", "classifier", "gd"):
+            assert filecmp.cmp(own / "models" / f"{stem}.pt", variant / "models" / f"{stem}.pt", shallow=False)
+        mine, theirs = (
+            json.loads((r / "models" / "gdc1.fingerprint.json").read_text())["parts"] for r in (variant, own)
+        )
+        assert {k for k in mine if mine[k] != theirs[k]} == {"config"}  # the override, nothing upstream
+    assert not filecmp.cmp(out / "seed0/models/gd.pt", out / "seed1/models/gd.pt", shallow=False)  # the seed acts
+    summary = doc["summary"]["main"]["localisation/gradcam/dice"]
+    values = [doc["runs"]["main"][s]["localisation/gradcam/dice"] for s in ("0", "1")]
+    assert summary == pytest.approx({"mean": sum(values) / 2, "min": min(values), "max": max(values), "n": 2})
+
+    assert seeds.main(argv) == doc  # the same figures, and every stage skipped
+    for run in ("seed0", "seed1", "seed0-no_d", "seed1-no_d"):
+        assert all(s["status"].startswith("skipped") for s in _pipeline(out / run).values()), run

@@ -177,13 +177,14 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
-def _flat_numbers(doc: dict, prefix: str) -> dict[str, float]:
+def _flat_floats(doc: dict, prefix: str) -> dict[str, float]:
+    """The finite floats of ``doc`` by ``prefix/key`` (nested dicts joined with ``/``); counts and text left out."""
     out: dict[str, float] = {}
     for key, value in doc.items():
         if isinstance(value, dict):
-            out |= _flat_numbers(value, f"{prefix}{key}/")
-        elif (number := _number(value)) is not None:
-            out[f"{prefix}{key}"] = number
+            out |= _flat_floats(value, f"{prefix}{key}/")
+        elif isinstance(value, float) and math.isfinite(value):
+            out[f"{prefix}{key}"] = value
     return out
 
 
@@ -202,7 +203,7 @@ def figures(run: Path) -> dict[str, float]:
             for key in keys:
                 if (number := _number(values.get(key))) is not None:
                     out[f"{prefix}/{name}/{key}"] = number
-    out |= _flat_numbers(_read(run / "gd" / "discriminator.json") or {}, "discriminator/")
+    out |= _flat_floats(_read(run / "gd" / "discriminator.json") or {}, "discriminator/")
     return out
 
 
