@@ -121,7 +121,7 @@ def test_orchestration_and_table(tmp_path, monkeypatch) -> None:
     # no detector training (given), the crop cache once, then seed 0, seed 2, then the variant per seed
     stages = [c.get("only") for c in fake.calls]
     assert stages == [None, seeds.SEED_STAGES, seeds.SEED_STAGES, seeds.VARIANT_STAGES, seeds.VARIANT_STAGES]
-    shared = {"split_file": str(out / "shared" / "split.csv"), "crops_csv#out_dir": str(out / "shared/crops/crops")}
+    shared = {"crops_csv#out_dir": str(out / "shared" / "crops" / "crops")}
     assert fake.calls[1]["args"] == {"seed": 0, **shared} and fake.calls[1]["out"] == out / "seed0"
     assert fake.calls[1]["models"] == ["detector.json", "detector.pt"]  # the detector copied in before training
     assert fake.calls[4]["args"] == {"seed": 2, **shared, "gan#gdc_d_weight": 0}
@@ -130,6 +130,8 @@ def test_orchestration_and_table(tmp_path, monkeypatch) -> None:
     assert fake.calls[4]["models"] == sorted([*copied, "gd.pt"])
     assert filecmp.cmp(out / "seed2" / "models" / "gd.pt", out / "seed2-no_d" / "models" / "gd.pt", shallow=False)
     assert (out / "seed0" / "models" / "detector.pt").read_bytes() == b"weights"
+    for run in ("seed0", "seed2-no_d"):  # the shared split in every run folder
+        assert filecmp.cmp(out / "shared" / "split.csv", out / run / "split.csv", shallow=False)
 
     saved = json.loads((out / "seeds.json").read_text())
     assert saved == json.loads(json.dumps(doc))

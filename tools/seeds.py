@@ -6,8 +6,9 @@
 What it runs, one training at a time, each the bundle's chained training (``python -m monai.bundle run training``):
 
 - ``OUT/shared``: the detector, trained once (seed 0, ``only: detector``) or copied from ``--detector``; the split
-  (``split.csv``) and the crop cache every later run reads (built here once, so that no run's random numbers depend
-  on whether it had to build the crops);
+  (``split.csv``, copied into every run folder) and the crop cache every run reads (``crops_csv#out_dir``), built
+  here once so that no run's random numbers depend on whether it had to build the crops (loading the detector
+  draws from torch's generator);
 - ``OUT/seed{s}``: C, G-D, G-D-C steps 1 and 2 with ``seed: s`` (``only: [classifier, gd, gdc1, gdc2]``), evaluated;
   ``models/`` holds the shared detector and this seed's weights;
 - ``OUT/seed{s}-{name}`` for each ``--variant name key=value ...`` (an ablation): G-D-C steps 1 and 2 again with
@@ -95,17 +96,28 @@ def crops_command(data: Path, shared: Path, profile: str, crops_dir: Path) -> li
     ]
 
 
+def _copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` if it exists and differs (an identical file is left alone)."""
+    if source.is_file() and not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
 def copy_weights(src: Path, dst_dir: Path, stem: str) -> None:
     """Copy weights ``src`` (``x.pt``) and its sidecars (``x.json``, ``x.fingerprint.json``) as ``stem.*`` into
-    ``dst_dir``; identical files are left alone."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
+    ``dst_dir``."""
     base = src.name[: -len(".pt")] if src.name.endswith(".pt") else src.stem
     for suffix in WEIGHT_SUFFIXES:
-        source, target = src.with_name(base + suffix), dst_dir / f"{stem}{suffix}"
-        if source.is_file() and not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
-            shutil.copy2(source, target)
+        _copy(src.with_name(base + suffix), dst_dir / f"{stem}{suffix}")
     if not (dst_dir / f"{stem}.pt").is_file():
         raise FileNotFoundError(f"no weights at {src}")
+
+
+def copy_split(shared: Path, run: Path) -> None:
+    """The shared split (``split.csv`` and its fingerprint) into a run folder: the run trains on it, and the folder
+    is a complete run for ``tools.report``."""
+    for name in ("split.csv", "split.fingerprint.json"):
+        _copy(shared / name, run / name)
 
 
 def parse_variant(tokens: list[str]) -> tuple[str, dict[str, Any]]:
@@ -145,10 +157,11 @@ def train(args: argparse.Namespace, t0: float) -> None:
         run_step(training_command(data, shared, args.profile, ["detector"], {"seed": 0}))
     crops_dir = shared / "crops" / "crops"
     run_step(crops_command(data, shared, args.profile, crops_dir))
-    common = {"split_file": str(shared / "split.csv"), "crops_csv#out_dir": str(crops_dir)}
+    common = {"crops_csv#out_dir": str(crops_dir)}
     for seed in args.seeds:
         start = time.perf_counter()
         run = out / f"seed{seed}"
+        copy_split(shared, run)
         copy_weights(shared / "models" / "detector.pt", run / "models", "detector")
         log(t0, f"seed {seed}: {', '.join(SEED_STAGES)}")
         run_step(training_command(data, run, args.profile, SEED_STAGES, {"seed": seed, **common}))
@@ -157,6 +170,7 @@ def train(args: argparse.Namespace, t0: float) -> None:
         for seed in args.seeds:
             start = time.perf_counter()
             run = out / f"seed{seed}-{name}"
+            copy_split(shared, run)
             for stem in VARIANT_COPIES:
                 copy_weights(out / f"seed{seed}" / "models" / f"{stem}.pt", run / "models", stem)
             log(t0, f"variant {name}, seed {seed}: {', '.join(VARIANT_STAGES)} with {overrides}")
