@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -112,6 +113,18 @@ def test_residual_generator_starts_as_identity_and_learns() -> None:
     assert torch.equal(rebuilt(x), gen(x))
 
 
+def test_a_step_generator_may_start_as_the_identity_whatever_g_d_used(tmp_path) -> None:
+    from scripts.networks import generator_from, save_networks
+
+    save_networks(tmp_path / "gd.pt", {}, generator=Generator((4, 4, 8, 8, 16, 4)))  # the Skip-UNet of G-D
+    x = torch.rand(1, 1, 32, 32)
+    step = generator_from(tmp_path / "gd.pt", copy_weights=False, residual=True)
+    assert step.config["residual"] and torch.allclose(step(x), x.clamp(1e-3, 1 - 1e-3), atol=1e-6)
+    assert not generator_from(tmp_path / "gd.pt", copy_weights=False).config["residual"]  # None: as saved
+    with pytest.raises(ValueError, match="residual=False"):  # its weights would compute something else
+        generator_from(tmp_path / "gd.pt", copy_weights=True, residual=True)
+
+
 def test_epoch_loss_averages_reach_metrics_before_the_loggers() -> None:
     from ignite.engine import Engine, Events
 
@@ -217,10 +230,20 @@ def test_stage_configs_run_end_to_end_and_resume(tiny_dataset, tmp_path) -> None
     assert {"g_loss", "d_loss", "con"} <= set(gd.data.metrics)  # epoch averages of each loss term
     nets, info = load_networks(models / "gd.pt")
     assert set(nets) == {"generator", "discriminator"} and info["stage"] == "gd"
+    assert not nets["generator"].config["residual"]  # G-D's G is the thesis's Skip-UNet
+    check = json.loads((out / "gd" / "discriminator.json").read_text())  # D measured on the validation crops
+    assert check["val_crops"] > 0 and 0.0 <= check["roc_auc_real_vs_generated"] <= 1.0
+    assert info["discriminator"]["roc_auc_real_vs_generated"] == pytest.approx(check["roc_auc_real_vs_generated"])
     g1, info1 = load_networks(models / "gdc1.pt")
     assert info1["mask_polarity"] == "intent" and info1["mask_mode"] == "cam"
+    assert g1["generator"].config["residual"] and info1["generator_residual"]  # steps 1 and 2 start as the identity
     g2 = load_region_model(models / "gdc2.pt")
     assert g2.region["threshold_source"] == "validation" and 0 < g2.region["threshold"] < 1
+    assert g2.region["mode"] in ("abs", "added", "removed") and set(g2.region["val_pointing"]) == {
+        "abs",
+        "added",
+        "removed",
+    }
     rmap, binary = region_map(g2, torch.rand(2, 1, 64, 64))
     assert rmap.shape == binary.shape == (2, 1, 64, 64)
     assert 0 <= rmap.min() and rmap.max() <= 1 and binary.dtype == torch.bool

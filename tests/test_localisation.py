@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from scripts.localisation import energy_share, evaluate, markdown_table, pointing_hit, score_maps
-from scripts.masks import choose_threshold, classifier_mask, dice_iou, generator_mask, region_map, scale01
+from scripts.masks import (
+    calibrate_region,
+    change,
+    choose_threshold,
+    classifier_mask,
+    dice_iou,
+    generator_mask,
+    region_map,
+    scale01,
+)
 from scripts.networks import Discriminator, Generator, save_networks
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
@@ -65,6 +74,55 @@ def test_generator_mask_and_region_map() -> None:
     assert torch.equal(binary, rmap >= 0.4)
 
 
+class Repair(torch.nn.Module):
+    """A stand-in generator: adds 0.3 on rows 4-7 and takes 0.2 away on rows 20-23 of every crop."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        out[..., 4:8, 4:28] += 0.3
+        out[..., 20:24, 4:28] -= 0.2
+        return out
+
+
+def test_map_modes_keep_the_part_of_the_change_they_name() -> None:
+    diff = torch.tensor([0.3, -0.2, 0.0])
+    assert torch.allclose(change(diff, "abs"), torch.tensor([0.3, 0.2, 0.0]))
+    assert torch.allclose(change(diff, "added"), torch.tensor([0.3, 0.0, 0.0]))
+    assert torch.allclose(change(diff, "removed"), torch.tensor([0.0, 0.2, 0.0]))
+    with pytest.raises(ValueError, match="map mode"):
+        change(diff, "signed")
+
+
+@pytest.mark.parametrize(
+    ("rows", "modes", "chosen"),
+    [
+        (slice(20, 24), ["abs", "added", "removed"], "removed"),  # the truth is where the repair took density away
+        (slice(4, 8), ["abs", "added", "removed"], "abs"),  # abs and added both point there: the tie goes to the first
+        (slice(20, 24), ["abs"], "abs"),  # the thesis's map alone
+    ],
+)
+def test_region_mode_is_the_one_that_points_best_on_validation(tmp_path, rows, modes, chosen) -> None:
+    from PIL import Image
+
+    records = []
+    for i in range(3):
+        Image.fromarray(np.tile(np.arange(100, 132, dtype=np.uint8), (32, 1))).save(tmp_path / f"x{i}.png")
+        truth = np.zeros((32, 32), np.uint8)
+        truth[rows, 4:28] = 255
+        Image.fromarray(truth).save(tmp_path / f"m{i}.png")
+        records.append({"image": str(tmp_path / f"x{i}.png"), "mask": str(tmp_path / f"m{i}.png")})
+    region = calibrate_region(Repair(), records, sigma=0.0, modes=modes, tolerance=0)
+    assert region["mode"] == chosen and region["threshold_source"] == "validation"
+    assert region["val_pointing"]["abs"] == (1.0 if rows.start == 4 else 0.0)
+    gen = Repair()
+    gen.region = region
+    _, binary = region_map(gen, torch.full((1, 1, 32, 32), 128 / 255))
+    assert binary[0, 0, rows, 4:28].all()  # the stored mode and threshold give the true region at inference
+    assert binary[0, 0, 4:8, 4:28].all() == (chosen != "removed")  # what the repair added is not in a removed map
+    with pytest.raises(ValueError, match="region map modes"):
+        calibrate_region(Repair(), records, modes=["sideways"])
+
+
 def test_scale_and_metrics_on_known_maps() -> None:
     assert torch.equal(scale01(torch.tensor([[[[2.0, 4.0], [6.0, 6.0]]]])), torch.tensor([[[[0.0, 0.5], [1.0, 1.0]]]]))
     assert torch.equal(scale01(torch.full((1, 1, 2, 2), 3.0)), torch.zeros(1, 1, 2, 2))
@@ -93,7 +151,7 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
     from monai.bundle import run
 
     from scripts.classifier import save_classifier
-    from scripts.masks import save_region_model
+    from scripts.masks import load_region_model, save_region_model
     from scripts.splits import ensure_split
 
     models, out = tmp_path / "models", tmp_path / "out"
@@ -116,7 +174,9 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
     from scripts.crops import crop_records, ensure_crops
 
     csv = ensure_crops(tiny_dataset, out / "split.csv", out / "crops", 64, "landmarks")
-    save_region_model(models / "gdc2.pt", gen, crop_records(csv, "val", label=1), sigma=1.0)
+    save_region_model(
+        models / "gdc2.pt", gen, crop_records(csv, "val", label=1), sigma=1.0, modes=["abs", "added", "removed"]
+    )
     files = [
         str(CONFIGS / f)
         for f in (
@@ -136,17 +196,20 @@ def test_localisation_config_writes_table_and_figure(tiny_dataset, tmp_path, cla
         **overrides,
     )
     result = json.loads((out / "localisation" / "localisation.json").read_text())
+    rows = ("", " abs", " added", " removed", " in step-1 region")
     assert set(result["methods"]) == {
+        *(f"gdc2[{tag}]{row}" for tag in ("intent", "other") for row in rows),
         "gdc1[intent]",
-        "gdc2[intent]",
         "gdc1[other]",
-        "gdc2[other]",
         "gradcam",
         "occlusion",
     }
     assert result["methods"]["gdc2[other]"] == result["methods"]["gdc2[intent]"]  # the same weights, the same scores
+    shipped = load_region_model(models / "gdc2.pt").region["mode"]  # the stored mode is the shipped row's map
+    for key in ("pointing", "val_pointing", "energy"):
+        assert result["methods"]["gdc2[intent]"][key] == result["methods"][f"gdc2[intent] {shipped}"][key]
     for scores in result["methods"].values():
-        for key in ("pointing", "dice", "iou", "energy"):
+        for key in ("pointing", "dice", "iou", "energy", "val_pointing"):
             assert 0.0 <= scores[key] <= 1.0
     assert result["test_crops"] > 0 and result["val_crops"] > 0
     assert 0.0 <= result["repaired"]["gdc2[intent]"]["c_prob_repaired"] <= 1.0

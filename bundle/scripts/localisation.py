@@ -4,12 +4,17 @@ Every method gives a map in [0, 1] per crop (maximum = 1) and a binary region at
 VALIDATION split's fracture crops (maximum mean Dice with the ground-truth masks; ``masks.choose_threshold``):
 
 - ``gdc1``: |G1(X) - X| of the step-1 generator, Gaussian-smoothed (``sigma``) and scaled;
-- ``gdc2``: the same for the step-2 generator (``masks.region_map``; its threshold is the one stored in gdc2.pt);
+- ``gdc2``: the step-2 generator's map as inference makes it (``masks.region_map``: the mode and threshold chosen on
+  validation and stored in gdc2.pt);
+- ``gdc2 abs``, ``gdc2 added``, ``gdc2 removed``: each mode of the step-2 map (``masks.MAP_MODES``), whichever was
+  chosen, and ``gdc2 in step-1 region``: |G2(X) - X| kept only where step 1 changed the crop (|G1(X) - X| > the
+  step-2 mask threshold), rows for comparing the choices;
 - ``gradcam``: MONAI ``GradCAM`` of C's fracture logit at ``C.target_layer``, upsampled, scaled;
 - ``occlusion``: MONAI ``OcclusionSensitivity`` of C: the drop of the fracture probability when a patch around
   each pixel is occluded, clipped at 0 and scaled.
 
-Metrics on the TEST split's fracture crops, against the phantom's ground-truth region masks:
+Metrics on the TEST split's fracture crops, against the phantom's ground-truth region masks (each method's
+pointing game on the validation crops is recorded too, ``val_pointing``: what a choice between methods may use):
 
 - pointing game: the map's maximum lies inside the true region or within ``tolerance`` pixels of it (Euclidean);
 - Dice and IoU of the binary region; energy share: sum(map * truth) / sum(map);
@@ -33,17 +38,21 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .masks import batched, choose_threshold, difference_map, load_crops, region_overlap, scale01
+from .masks import (
+    MAP_MODES,
+    batched,
+    change,
+    choose_threshold,
+    difference_map,
+    load_crops,
+    pointing_game,
+    pointing_hit,
+    region_overlap,
+    scale01,
+    smooth01,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def pointing_hit(rmap: np.ndarray, truth: np.ndarray, tolerance: int = 3) -> bool:
-    """Whether the map's maximum (first in row-major order) lies within ``tolerance`` px (Euclidean) of ``truth``."""
-    if not truth.any():
-        return False
-    r, c = np.unravel_index(int(np.argmax(rmap)), rmap.shape)
-    return bool(ndimage.distance_transform_edt(~truth)[r, c] <= tolerance)
 
 
 def energy_share(rmap: np.ndarray, truth: np.ndarray) -> float:
@@ -178,8 +187,8 @@ def markdown_table(result: dict) -> str:
         f"{scored} fracture crops: {result['test_crops']} (validation: {result['val_crops']}); pointing tolerance "
         f"{result['pointing_tolerance_px']} px; 95% bootstrap intervals.",
         "",
-        "| method | pointing game | Dice | IoU | energy in region | threshold (val) |",
-        "|---|---|---|---|---|---|",
+        "| method | pointing game | Dice | IoU | energy in region | threshold (val) | pointing game (val) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, m in result["methods"].items():
 
@@ -189,7 +198,7 @@ def markdown_table(result: dict) -> str:
 
         lines.append(
             f"| {name} | {cell('pointing')} | {cell('dice')} | {cell('iou')} | {cell('energy')} | "
-            f"{m['threshold']:.2f} |"
+            f"{m['threshold']:.2f} | {m.get('val_pointing', float('nan')):.3f} |"
         )
     lines += [
         "",
@@ -205,9 +214,22 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _generator_method(name: str, generator: nn.Module, sigma: float, threshold: float | None, info: dict) -> Method:
+def _generator_method(
+    name: str, generator: nn.Module, sigma: float, threshold: float | None, info: dict, mode: str = "abs"
+) -> Method:
     generator.eval()
-    return Method(name, lambda b: difference_map(generator, b, sigma), threshold, info)
+    return Method(name, lambda b: difference_map(generator, b, sigma, mode), threshold, info)
+
+
+def _restricted_method(name: str, g2: nn.Module, g1: nn.Module, sigma: float, step1_threshold: float) -> Method:
+    """|G2(X) - X| only where step 1 changed the crop (|G1(X) - X| > ``step1_threshold``, step 2's mask)."""
+    g1.eval()
+    g2.eval()
+
+    def fn(b: torch.Tensor) -> torch.Tensor:
+        return smooth01(change(g2(b) - b) * (torch.abs(g1(b) - b) > step1_threshold), sigma)
+
+    return Method(name, fn, None, {"step1_threshold": step1_threshold})
 
 
 def evaluate(
@@ -261,8 +283,13 @@ def evaluate(
         g2 = load_region_model(paths["gdc2"], device)
         g1_nets, g1_info = load_networks(paths["gdc1"], device)
         tag = label or g1_info.get("mask_polarity", "main")
-        methods.append(_generator_method(f"gdc1[{tag}]", g1_nets["generator"], g2.region["sigma"], None, g1_info))
-        methods.append(_generator_method(f"gdc2[{tag}]", g2, g2.region["sigma"], g2.region["threshold"], g2.region))
+        sigma, g1 = g2.region["sigma"], g1_nets["generator"]
+        methods.append(_generator_method(f"gdc1[{tag}]", g1, sigma, None, g1_info))
+        shipped = g2.region.get("mode", "abs")
+        methods.append(_generator_method(f"gdc2[{tag}]", g2, sigma, g2.region["threshold"], g2.region, shipped))
+        methods += [_generator_method(f"gdc2[{tag}] {mode}", g2, sigma, None, {}, mode) for mode in MAP_MODES]
+        step1_threshold = float(load_networks(paths["gdc2"], device)[1].get("mask_threshold", 0.06))
+        methods.append(_restricted_method(f"gdc2[{tag}] in step-1 region", g2, g1, sigma, step1_threshold))
         step2[f"gdc2[{tag}]"] = g2
     if baselines:
         occ = {"mask_size": 16, "overlap": 0.5, "mode": "mean_patch", "n_batch": 64, **(occlusion or {})}
@@ -279,8 +306,9 @@ def evaluate(
     }
     test_maps: dict[str, np.ndarray] = {}
     for method in methods:
-        if method.threshold is None and len(val_x):
-            method.threshold, method.info["val_dice"] = choose_threshold(method.maps(val_x, device), val_t)
+        val_maps = method.maps(val_x, device) if len(val_x) else None
+        if method.threshold is None and val_maps is not None:
+            method.threshold, method.info["val_dice"] = choose_threshold(val_maps, val_t)
         elif method.threshold is None:
             logger.warning(
                 "%s: no validation fracture crop, binary threshold set to %s", method.name, default_threshold
@@ -289,6 +317,9 @@ def evaluate(
         test_maps[method.name] = method.maps(test_x, device)
         result["methods"][method.name] = score_maps(
             test_maps[method.name], test_t, method.threshold, tolerance, bootstrap
+        )
+        result["methods"][method.name]["val_pointing"] = (
+            pointing_game(val_maps, val_t, tolerance) if val_maps is not None else float("nan")
         )
         logger.info(
             "%s: %s",

@@ -7,10 +7,13 @@
   CAM, and the same map as Grad-CAM at that layer); ``mode="channel_mean"`` is the plain mean of the layer's
   channels (class-agnostic).
 - ``generator_mask`` (step 2): M(X) = 1 where |G1(X) - X| > threshold (0.06 in the thesis), else 0.
-- ``difference_map`` / ``region_map``: the fracture-region map of a crop, |repaired - input| smoothed with a
+- ``difference_map`` / ``region_map``: the fracture-region map of a crop, the repair's change smoothed with a
   Gaussian and scaled to [0, 1] per crop (maximum = 1; a crop the generator leaves unchanged maps to 0), and its
   binary region at the threshold chosen on the validation split (``choose_threshold``: maximum mean Dice),
-  stored in the step-2 checkpoint (``info["region"]``).
+  stored in the step-2 checkpoint (``info["region"]``). The change is one of ``MAP_MODES``: ``abs``, the thesis's
+  |G(X) - X|; ``added``, only the density the repair adds, max(G(X) - X, 0); ``removed``, only the density it
+  takes away, max(X - G(X), 0). ``calibrate_region`` picks the mode among the configured candidates by the
+  pointing game on the validation fracture crops (``pointing_hit``), then its threshold by Dice.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_iou
 from monai.networks.layers import GaussianFilter
 from monai.transforms.utils import rescale_array
+from scipy import ndimage
 from torch import nn
 
 from .checkpoint import CheckpointError
@@ -32,6 +36,7 @@ from .networks import load_networks, save_networks
 
 logger = logging.getLogger(__name__)
 MASK_MODES = ("cam", "channel_mean")
+MAP_MODES = ("abs", "added", "removed")
 
 
 def scale01(x: torch.Tensor) -> torch.Tensor:
@@ -91,10 +96,35 @@ def smooth01(diff: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.where(peak > 0, diff / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(diff))
 
 
+def change(diff: torch.Tensor, mode: str = "abs") -> torch.Tensor:
+    """The part of the repair's change ``diff = G(X) - X`` that a map of ``mode`` (``MAP_MODES``) shows."""
+    if mode == "abs":
+        return diff.abs()
+    if mode == "added":
+        return diff.clamp_min(0)
+    if mode == "removed":
+        return (-diff).clamp_min(0)
+    raise ValueError(f"map mode must be one of {MAP_MODES}, got '{mode}'")
+
+
 @torch.no_grad()
-def difference_map(generator: nn.Module, x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
-    """``|G(X) - X|`` smoothed and scaled to [0, 1] per crop: ``(B, 1, H, W)``."""
-    return smooth01(torch.abs(generator(x) - x), sigma)
+def difference_map(generator: nn.Module, x: torch.Tensor, sigma: float = 2.0, mode: str = "abs") -> torch.Tensor:
+    """The change of ``mode`` (``abs``: ``|G(X) - X|``) smoothed and scaled to [0, 1] per crop: ``(B, 1, H, W)``."""
+    return smooth01(change(generator(x) - x, mode), sigma)
+
+
+def pointing_hit(rmap: np.ndarray, truth: np.ndarray, tolerance: int = 3) -> bool:
+    """Whether the map's maximum (first in row-major order) lies within ``tolerance`` px (Euclidean) of ``truth``."""
+    if not truth.any():
+        return False
+    r, c = np.unravel_index(int(np.argmax(rmap)), rmap.shape)
+    return bool(ndimage.distance_transform_edt(~truth)[r, c] <= tolerance)
+
+
+def pointing_game(maps: np.ndarray, truths: np.ndarray, tolerance: int = 3) -> float:
+    """Share of maps ``(N, H, W)`` whose maximum hits their truth (``pointing_hit``); NaN for none."""
+    hits = [pointing_hit(m, t, tolerance) for m, t in zip(maps, truths, strict=True)]
+    return float(np.mean(hits)) if hits else float("nan")
 
 
 def region_overlap(binary: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +170,8 @@ def region_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fracture-region map ``(B, 1, H, W)`` in [0, 1] and its binary region, for crops ``(B, 1, H, W)`` in [0, 1].
 
-    ``threshold``/``sigma`` default to those stored with the generator (``load_region_model``).
+    ``threshold``/``sigma`` default to those stored with the generator (``load_region_model``), the map's mode is
+    the stored one (``abs`` for a checkpoint that stores none).
     """
     stored = getattr(gdc2_generator, "region", {})
     threshold = stored["threshold"] if threshold is None else threshold
@@ -148,7 +179,7 @@ def region_map(
     was_training = gdc2_generator.training
     gdc2_generator.eval()
     try:
-        rmap = difference_map(gdc2_generator, crop_batch, sigma)
+        rmap = difference_map(gdc2_generator, crop_batch, sigma, stored.get("mode", "abs"))
     finally:
         gdc2_generator.train(was_training)
     return rmap, rmap >= threshold
@@ -184,16 +215,24 @@ def calibrate_region(
     sigma: float = 2.0,
     device: str | torch.device = "cpu",
     default_threshold: float = 0.5,
+    modes: tuple[str, ...] | list[str] = ("abs",),
+    tolerance: int = 3,
 ) -> dict:
-    """Threshold of the region map chosen on validation fracture crops (maximum mean Dice with their masks).
+    """The region map's mode and threshold, chosen on validation fracture crops.
 
-    Without any validation crop with a mask (real data has none), ``default_threshold`` is stored, with
+    The mode among ``modes`` whose maps point best (``pointing_game`` within ``tolerance`` px; a tie goes to the
+    earlier mode), then the threshold of its map with the maximum mean Dice with the crops' masks. Without any
+    validation crop with a mask (real data has none), the first mode and ``default_threshold`` are stored, with
     ``val_crops = 0`` and ``threshold_source = "default"`` saying so.
     """
+    modes = [str(m) for m in modes]
+    if not modes or any(m not in MAP_MODES for m in modes):
+        raise ValueError(f"region map modes must be a non-empty list of {MAP_MODES}, got {modes}")
     records = [r for r in val_records if r.get("mask")]
     if not records:
         logger.warning("no validation crop with a ground-truth mask: region threshold set to %s", default_threshold)
         return {
+            "mode": modes[0],
             "threshold": float(default_threshold),
             "sigma": float(sigma),
             "val_dice": None,
@@ -202,12 +241,19 @@ def calibrate_region(
         }
     images, truths = load_crops(records)
     generator.eval()
-    maps = batched(lambda b: difference_map(generator, b, sigma), images, device)[:, 0].numpy()
-    threshold, dice = choose_threshold(maps, truths)
+    diffs = batched(lambda b: generator(b) - b, images, device)
+    maps = {m: smooth01(change(diffs, m), sigma)[:, 0].numpy() for m in modes}
+    pointing = {m: pointing_game(maps[m], truths, tolerance) for m in modes}
+    mode = max(modes, key=lambda m: (pointing[m], -modes.index(m)))
+    threshold, dice = choose_threshold(maps[mode], truths)
+    logger.info("region map: %s (validation pointing %s), threshold %.2f (Dice %.3f)", mode, pointing, threshold, dice)
     return {
+        "mode": mode,
         "threshold": threshold,
         "sigma": float(sigma),
         "val_dice": dice,
+        "val_pointing": pointing,
+        "pointing_tolerance_px": int(tolerance),
         "val_crops": len(records),
         "threshold_source": "validation",
     }
@@ -220,9 +266,11 @@ def save_region_model(
     sigma: float = 2.0,
     device: str | torch.device = "cpu",
     info: dict | None = None,
+    modes: tuple[str, ...] | list[str] = ("abs",),
+    tolerance: int = 3,
 ) -> Path:
-    """Calibrate the region threshold on validation and write the step-2 checkpoint (``info["region"]``); a DDP
-    generator's module runs in this process alone."""
+    """Choose the region map's mode and threshold on validation (``calibrate_region``) and write the step-2
+    checkpoint (``info["region"]``); a DDP generator's module runs in this process alone."""
     generator = unwrap(generator)
-    region = calibrate_region(generator, val_records, sigma, device)
+    region = calibrate_region(generator, val_records, sigma, device, modes=modes, tolerance=tolerance)
     return save_networks(path, info={**(info or {}), "region": region}, generator=generator)

@@ -139,12 +139,20 @@ def load_network(path: str | Path, name: str, device: str | torch.device = "cpu"
     return nets[name]
 
 
-def generator_from(path: str | Path, copy_weights: bool = True) -> Generator:
-    """A generator with the architecture of the one saved at ``path``: its weights, or freshly initialised ones."""
+def generator_from(path: str | Path, copy_weights: bool = True, residual: bool | None = None) -> Generator:
+    """A generator with the architecture of the one saved at ``path``: its weights, or freshly initialised ones.
+
+    ``residual`` (new weights only) overrides the saved input-to-output skip (``Generator``); ``None`` keeps it.
+    """
     src = load_network(path, "generator")
+    if residual is not None and bool(residual) != src.config["residual"] and copy_weights:
+        raise ValueError(
+            f"{path}: its generator has residual={src.config['residual']}; copying its weights into a "
+            f"generator with residual={bool(residual)} would change what they compute"
+        )
     if copy_weights:
         return src.train()
-    return Generator(**src.config)
+    return Generator(**{**src.config, **({} if residual is None else {"residual": bool(residual)})})
 
 
 def freeze(module: nn.Module) -> nn.Module:
