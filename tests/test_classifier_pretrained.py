@@ -134,3 +134,32 @@ def test_fingerprint_changes_with_the_file_content(tmp_path: Path) -> None:
     assert _stage_fingerprint(path) != first
     assert "pretrained_weights" not in _stage_fingerprint(path, pretrained=False)
     assert pretrained_parts({"pretrained": True, "pretrained_weights": None}) == {}
+
+
+def test_output_layer_starts_near_zero() -> None:
+    """MONAI's U(-1, 1) for a one-logit output started training at logits of +-10; PyTorch's Linear init is kept."""
+    torch.manual_seed(0)
+    model = FractureClassifier("efficientnet-b0", "gray", std=0.0625, highpass_sigma=3.0, bn_momentum=0.1).train()
+    assert model.net._fc.weight.abs().max() <= 1 / 1280**0.5
+    with torch.no_grad():
+        assert model(torch.rand(8, 1, 64, 64)).abs().max() < 1.0
+
+
+def test_batchnorm_recalibration_averages_the_training_batches() -> None:
+    from types import SimpleNamespace
+
+    from scripts.classifier import RecalibrateBatchNorm
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(1, momentum=0.1)).eval()
+    batches = [{"image": torch.full((2, 1, 4, 4), float(v)), "label": torch.zeros(2, 1)} for v in (1, 3, 5, 100)]
+    engine = SimpleNamespace(
+        network=net,
+        state=SimpleNamespace(device=torch.device("cpu")),
+        non_blocking=False,
+        prepare_batch=lambda b, device, non_blocking: (b["image"].to(device), b["label"]),
+    )
+    RecalibrateBatchNorm(batches, num_batches=3)(engine)
+    bn = net[0]
+    assert bn.running_mean.item() == pytest.approx(3.0)  # the plain mean of the first 3 batches, not a lagging one
+    assert bn.running_var.item() == pytest.approx(0.0, abs=1e-6)
+    assert bn.momentum == 0.1 and not net.training  # settings and mode restored

@@ -33,10 +33,12 @@ import copy
 import math
 import re
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from ignite.engine import Engine, Events
 from monai.networks.blocks import Convolution
 from monai.networks.layers import separable_filtering
 from monai.networks.nets import EfficientNetBN
@@ -161,6 +163,9 @@ class FractureClassifier(nn.Module):
                 num_classes=1,
                 norm=("batch", {"eps": bn_eps, "momentum": bn_momentum}),
             )
+            # MONAI draws the output layer from U(+-1/sqrt(classes)): U(+-1) for one logit, which starts training at
+            # logits of +-10 (loss ~2). PyTorch's own Linear initialisation, U(+-1/sqrt(features)), starts near 0.
+            self.net._fc.reset_parameters()
             # The head's own activation (EfficientNet's ``_swish`` also serves the stem): hookable, parameter-free.
             self.head_act = copy.deepcopy(self.net._swish)
         if pooling == "max":  # a fracture is a small local finding: "anywhere in the crop" rather than "on average"
@@ -245,6 +250,46 @@ class FractureClassifier(nn.Module):
                 for key in set(hooks) - before:
                     del hooks[key]
         return out.detach()
+
+
+class RecalibrateBatchNorm:
+    """Ignite handler: at the end of every epoch (attach it before the ``ValidationHandler``), recompute the running
+    statistics of every BatchNorm layer with the current weights, as the plain average over ``num_batches`` batches
+    of ``loader`` in training mode without gradients ("precise BN").
+
+    The running averages lag the weights; with EfficientNet's ~50 BN layers the lag adds up, and in short
+    trainings the network validated (eval mode) falls far behind the one trained: b0 fitting 64 training crops
+    scored AUC 0.87 on them in eval mode, 1.00 after recalibration. The statistics the best network is saved with
+    are these.
+    """
+
+    def __init__(self, loader: Iterable, num_batches: int, network: nn.Module | None = None) -> None:
+        self.loader, self.num_batches, self.network = loader, int(num_batches), network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        network = self.network or engine.network
+        norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or self.num_batches <= 0:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        was_training = network.training
+        network.train()
+        try:
+            with torch.no_grad():
+                for i, batch in enumerate(self.loader):
+                    if i >= self.num_batches:
+                        break
+                    network(engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0])
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            network.train(was_training)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
