@@ -2,9 +2,10 @@
 
 The pipeline records its tracking URI and parent run in ``pipeline.json``; a local store (``sqlite:///...``) is
 read from the run folder's own ``mlflow.db`` so that a copied or moved run folder still works. Per-epoch metrics
-(losses, validation metrics) are plotted against the epoch; per-iteration ones (MONAI's ``train_loss``, step =
-iteration) are scaled to epochs and drawn as their mean per epoch. Points an evaluation logs into the stage's run
-afterwards (at its own step 1) are left out.
+(losses, validation metrics, logged at steps 1..n) are plotted against the epoch; per-iteration ones (MONAI's
+``train_loss``, step = iteration) are scaled to epochs and drawn as their mean per epoch. A stage trained for one
+epoch shows its per-iteration losses over iterations. Points an evaluation logs into the stage's run afterwards (at
+its own step 1, or as ``test_*``) are left out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,28 +66,31 @@ def client(uri: str | None):
     return MlflowClient(uri)
 
 
-def history(mlflow, run_id: str) -> dict[str, list[tuple[float, float]]]:
-    """Every training metric of ``run_id`` logged more than once, as (epoch, value) (see the module docstring)."""
+def history(mlflow, run_id: str) -> tuple[dict[str, list[tuple[float, float]]], str]:
+    """The training metrics of ``run_id`` as (x, value) series and the unit of x: ``epoch``, or ``iteration`` when
+    the stage trained one epoch (its per-iteration series alone); see the module docstring."""
     run = mlflow.get_run(run_id)
     raw = {}
     for key in run.data.metrics:
-        if key.startswith("lr") or "." in key or "/" in key or key == "train_seconds":
-            continue
-        points = rising(sorted(mlflow.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step)))
-        if len(points) > 1:
-            raw[key] = points
-    # the epochs: the shortest series logged at steps 1, 2, ..., n (per-iteration ones are longer)
-    epochs = min((len(p) for p in raw.values() if [s for s, _ in p] == list(range(1, len(p) + 1))), default=0)
+        if key.startswith(("lr", "test_")) or "." in key or "/" in key or key == "train_seconds":
+            continue  # learning rates, and what the evaluation and the pipeline logged once
+        raw[key] = rising(sorted(mlflow.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step)))
+    # the epochs: the most common length of the series logged at steps 1, 2, ..., n (one per epoch-level metric;
+    # a per-iteration loss is one series, and longer)
+    lengths = Counter(len(p) for p in raw.values() if [s for s, _ in p] == list(range(1, len(p) + 1)))
+    epochs = min(lengths, key=lambda n: (-lengths[n], n)) if lengths else 0
+    if epochs <= 1:
+        return {k: [(float(s), v) for s, v in p] for k, p in raw.items() if len(p) > 1}, "iteration"
     out = {}
     for key, points in raw.items():
         steps = [s for s, _ in points]
-        if not epochs or max(steps) <= epochs:
+        if max(steps) <= epochs:
             out[key] = [(float(s), v) for s, v in points]
         else:  # per iteration: scaled to epochs, averaged per epoch
             x = np.ceil(np.array(steps) * epochs / max(steps) - 1e-9)
             values = np.array([v for _, v in points])
             out[f"{key} (epoch mean)"] = [(float(e), float(values[x == e].mean())) for e in np.unique(x)]
-    return out
+    return {k: p for k, p in out.items() if len(p) > 1}, "epoch"
 
 
 def rising(metrics: list) -> list[tuple[int, float]]:
@@ -114,9 +119,11 @@ def same_as_another(series: dict[str, list[tuple[float, float]]]) -> set[str]:
     return out
 
 
-def plot_curves(series: dict[str, list[tuple[float, float]]], title: str) -> tuple[bytes, str] | None:
-    """Losses (log scale) and validation metrics over epochs of one stage: PNG bytes and a caption; None without
-    any series."""
+def plot_curves(
+    series: dict[str, list[tuple[float, float]]], title: str, unit: str = "epoch"
+) -> tuple[bytes, str] | None:
+    """Losses (log scale) and validation metrics over ``unit`` (epochs) of one stage: PNG bytes and a caption; None
+    without any series."""
     series = {k: v for k, v in series.items() if k not in same_as_another(series)}
     if not series:
         return None
@@ -138,7 +145,7 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], title: str) -> tup
             ax.set_yscale("log")
         if ylabel != "loss":
             ax.set_ylim(-0.02, 1.02)
-        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.set(xlabel=unit, ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
@@ -150,7 +157,7 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], title: str) -> tup
     what = {("loss",): "Losses", ("validation metric",): "Validation metrics"}.get(
         names, "Losses (left) and validation metrics (right)"
     )
-    caption = f"{what} per epoch, as logged to MLflow"
+    caption = f"{what} per {unit}{' (one epoch)' if unit == 'iteration' else ''}, as logged to MLflow"
     if any(k.endswith("(epoch mean)") for k in series):
         caption += "; per-iteration losses as their mean per epoch"
     return buf.getvalue(), caption + "."
@@ -163,7 +170,8 @@ def training_curves(mlflow, stages: dict) -> dict[str, tuple[bytes, str]]:
         if not stage.get("run_id") or mlflow is None:
             continue
         try:
-            png = plot_curves(history(mlflow, stage["run_id"]), STAGE_TITLES.get(name, name))
+            series, unit = history(mlflow, stage["run_id"])
+            png = plot_curves(series, STAGE_TITLES.get(name, name), unit)
         except Exception as err:  # a store that cannot be read costs the curves, not the report
             logger.warning("training curves of %s not read from MLflow: %s", name, err)
             continue

@@ -194,7 +194,7 @@ def overlay_tile(path: Path, box: list[float] | None, side: int = 200, zoom: flo
         tiles = [whole]
         if box:
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            half = zoom * max(box[2] - box[0], box[3] - box[1]) / 2
+            half = max(zoom * max(box[2] - box[0], box[3] - box[1]), min(img.size) / 4) / 2
             tiles.append(
                 img.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half))).resize(
                     (whole.height, whole.height), Image.LANCZOS
