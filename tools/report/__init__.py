@@ -56,7 +56,8 @@ def write_report(
         if (root / "pipeline.json").is_file()
         else ""
     )
-    subtitle = html.escape(f"{root.name} · {info.get('profile', '?')} profile · {stamp}")
+    parts = [root.resolve().name, f"{info['profile']} profile" if info.get("profile") else "", stamp]
+    subtitle = html.escape(" · ".join(p for p in parts if p))
     body = "".join(
         [
             sections.summary(res, ui),

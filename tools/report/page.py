@@ -110,7 +110,9 @@ def _source_attrs(source: str, pointer: str, value: Any, kind: str) -> str:
 
 def value_cell(fig: Figure) -> str:
     """The figure; the cell names the JSON file and the pointer it was read from."""
-    attrs = _source_attrs(fig.source, fig.pointer, fig.value, fig.kind) if fig.source else ""
+    if not fig.source:  # not measured in this run (a figure of the seed table only)
+        return '<td class="num ci">-</td>'
+    attrs = _source_attrs(fig.source, fig.pointer, fig.value, fig.kind)
     return f'<td class="num"{attrs}><span class="v">{fmt(fig.value, fig.kind)}</span></td>'
 
 

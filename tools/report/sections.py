@@ -9,6 +9,7 @@ from . import page
 from .page import esc, fmt, fmt_ci, table
 from .results import THESIS, Results, method_label, operating_points, read_csv, read_json
 
+RULES = {"youden": "Youden's J"}  # threshold rules by name, as the classifier's export records them
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test", "all": "all"}
 CAVEAT = (
     "<b>Phantom, not patients.</b> Every image is a procedural phantom (synthetic lateral head X-rays with drawn "
@@ -99,7 +100,9 @@ def _detector_means(res: Results) -> str:
     misses = round((1 - ev["contains_both_landmarks"]) * n)
     return (
         f"The box held both landmarks (nasion and nasal-bone tip) on {n - misses} of {n} test images, so the crop "
-        "every later stage sees contains the nasal bone" + (f"; on {misses} it misses part of it." if misses else ".")
+        "every later stage sees contains the nasal bone"
+        + (f"; on {misses} it misses part of it." if misses else ".")
+        + " IoU: overlap of the found box with the box drawn from the two landmarks (1 = the same box)."
     )
 
 
@@ -115,8 +118,11 @@ def _classifier_means(res: Results) -> str:
         elif len(points) > 1:
             text += " Between the points the viewer says <i>suspicious</i>."
     if "calibration" in ev:
-        text += " Probabilities are calibrated on validation: of images given p = 0.8, about 8 in 10 were fractured."
-    return f"{text} {ev['n_images']} test images, {ev['n_patients']} patients."
+        text += (
+            " ECE: mean gap between the predicted probability and the observed fracture rate (0 = a p of 0.8 means "
+            "8 in 10 such images are fractured)."
+        )
+    return f"{text} {ev['n_images']} test images of {ev['n_patients']} patients."
 
 
 def _localisation_means(res: Results) -> str:
@@ -126,9 +132,14 @@ def _localisation_means(res: Results) -> str:
     text = ""
     if step2 and n:
         name, p = step2[0]
+        others = ", ".join(
+            f"{esc(method_label(m))} {round(q.value * n)}"
+            for m, q, _ in res.localisation["methods"]
+            if m != name and q.value is not None
+        )
         text = (
             f"{esc(method_label(name))}'s map peaked in the true fracture region (&plusmn;{tol} px) on "
-            f"{round(p.value * n)} of {n} test fracture crops. "
+            f"{round(p.value * n)} of {n} test fracture crops{f' ({others})' if others else ''}. "
         )
     return text + (
         "Pointing game: share of crops whose map maximum hits the region; Dice: overlap of the map's region with "
@@ -233,8 +244,9 @@ def classifier_section(res: Results, curves: dict[str, tuple[bytes, str]], root:
         )
         if k in m
     ]
+    rule = RULES.get(ev.get("threshold_rule"), ev.get("threshold_rule"))
     main = (
-        f"<h3>At the main threshold p &ge; {ev['threshold']:.3f} ({esc(ev.get('threshold_rule', ''))} on the "
+        f"<h3>At the main threshold p &ge; {ev['threshold']:.3f} ({esc(rule)} on the "
         f"{esc(ev.get('threshold_chosen_on', 'validation'))} split)</h3>"
         + table(["Figure", "Value", "95% CI"], rows)
         + f"<p class='small'>{esc(ev.get('confusion_text', ''))}; {ev['n_images']} test images of "
@@ -356,7 +368,12 @@ def localisation_section(res: Results, curves: dict[str, tuple[bytes, str]], roo
         body += (
             f"<p>{ev.get('test_crops')} test fracture crops ({ev.get('val_crops')} validation crops chose each "
             f"map's threshold); pointing tolerance {ev.get('pointing_tolerance_px')} px; 95% bootstrap intervals "
-            "over crops.</p>" + table(["Map", "Pointing game", "Dice", "IoU", "Energy in region", "Threshold"], rows)
+            "over crops.</p>"
+            + table(["Map", "Pointing game", "Dice", "IoU", "Energy in region", "Threshold"], rows)
+            + "<p class='small muted'>Step 1 and step 2 maps: |G(X) - X|, smoothed; Grad-CAM and occlusion: C's own "
+            "saliency, the baselines. (intent) and (literal): the two readings of the thesis's Adjust formula (mask "
+            "polarity, SPEC.md). Energy in region: share of the map's mass inside the true region. Threshold: the "
+            "map level that gave the best Dice on the validation crops.</p>"
         )
     if ev.get("repaired"):
         rows = [
