@@ -16,7 +16,10 @@ module is shared by the stem and the head, so it cannot be hooked; ``head_act`` 
 conv, batch norm, ReLU) with max pooling between them, global pooling and one linear output. It exists for
 the quick CPU profile: EfficientNet-b0 trained from scratch on the 800 phantom training crops did not learn
 within the CPU budget (validation AUC <= 0.70 after 20 epochs, 6 min), while this network reaches 0.97 in
-about 12 epochs (80 s). Its feature map ``(B, 128, S/16, S/16)`` plays the same role as EfficientNet's head.
+about 12 epochs (80 s). Two causes found since are fixed here: MONAI's U(-1, 1) output layer (now PyTorch's
+Linear initialisation) and BatchNorm statistics lagging the weights (``RecalibrateBatchNorm``);
+``profiles/quick_efficientnet.yaml`` is the attempt with both. The CNN's feature map ``(B, 128, S/16, S/16)``
+plays the same role as EfficientNet's head.
 
 ``pretrained=True`` starts EfficientNet (``"rgb"`` stem only) from ImageNet weights, as the thesis did: from
 ``pretrained_weights`` (a local state-dict file) or, without one, from MONAI's download (its ``url_map``). The start
