@@ -16,7 +16,7 @@ module is shared by the stem and the head, so it cannot be hooked; ``head_act`` 
 conv, batch norm, ReLU) with max pooling between them, global pooling and one linear output. It exists for
 the quick CPU profile: EfficientNet-b0 trained from scratch on the 800 phantom training crops did not learn
 within the CPU budget (validation AUC <= 0.70 after 20 epochs, 6 min), while this network reaches 0.97 in
-about 12 epochs (80 s). Two causes found since are fixed here: MONAI's U(-1, 1) output layer (now PyTorch's
+about 12 epochs (80 s). Two problems found since are fixed here: MONAI's U(-1, 1) output layer (now PyTorch's
 Linear initialisation) and BatchNorm statistics lagging the weights (``RecalibrateBatchNorm``);
 ``profiles/quick_efficientnet.yaml`` is the attempt with both. The CNN's feature map ``(B, 128, S/16, S/16)``
 plays the same role as EfficientNet's head.
