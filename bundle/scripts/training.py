@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, LRScheduler, OneCycleLR
@@ -22,7 +24,6 @@ def lr_scheduler(
 
 
 def set_threads(n: int) -> int:
-    """Use ``n`` torch CPU threads (0: leave torch's default); return the number in use."""
-    if n and n > 0:
-        torch.set_num_threads(int(n))
+    """Use ``n`` torch CPU threads (0: every core, as the detector's stage uses); return the number in use."""
+    torch.set_num_threads(int(n) if n and n > 0 else max(1, os.cpu_count() or 1))
     return torch.get_num_threads()
