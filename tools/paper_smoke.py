@@ -30,6 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/paper_smoke"))
     parser.add_argument("--n", type=int, default=N_IMAGES)
+    parser.add_argument(
+        "--pretrained_weights", default=None, help="EfficientNet-b3 ImageNet weights file: C starts from it (thesis)"
+    )
     args = parser.parse_args()
     from .phantom import write_dataset
 
@@ -37,7 +40,11 @@ def main() -> None:
     start = time.perf_counter()
     if not (data / "dataset.csv").is_file():
         write_dataset(data, n_images=args.n, fracture_rate=0.5, seed=7, size=SIZE)
+    # one epoch a stage; C from scratch (the ImageNet start needs a download or a file: --pretrained_weights)
     one_epoch = {f"{stage}#epochs": 1 for stage in STAGES}
+    one_epoch.update({"classifier#pretrained": bool(args.pretrained_weights)})
+    if args.pretrained_weights:
+        one_epoch["classifier#pretrained_weights"] = str(Path(args.pretrained_weights).resolve())
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training",
         "--config_file", str(BUNDLE_ROOT / "configs" / "train.yaml"),

@@ -142,7 +142,8 @@ def stage_parts(stage: dict, upstream: list[Path], parser: ConfigParser) -> tupl
     """The fingerprint parts of a stage and the readable values behind them.
 
     Parts: ``config`` (the stage's section and ``STAGE_KEYS``, or the stage's ``fingerprint_keys``), ``dataset``
-    (``dataset.csv`` and its files), ``split`` (the split file, made here if absent) and each upstream weights file.
+    (``dataset.csv`` and its files), ``split`` (the split file, made here if absent), each upstream weights file and the
+    stage config's ``fingerprint_extra`` (files it names, by content: the classifier's ``pretrained_weights``).
     """
     name = stage["name"]
     keys = (name, *stage.get("fingerprint_keys", STAGE_KEYS.get(name, SHARED_KEYS)))
@@ -155,6 +156,8 @@ def stage_parts(stage: dict, upstream: list[Path], parser: ConfigParser) -> tupl
         "dataset": fingerprint.dataset_fingerprint(dataset_dir),
         "split": fingerprint.file_fingerprint(split_file),
         **{w.name: fingerprint.file_fingerprint(w) for w in upstream},
+        # what the config only names: e.g. the classifier's ImageNet weights file, by content
+        **(parser.get_parsed_content("fingerprint_extra") if "fingerprint_extra" in parser else {}),
     }
     return parts, {"dataset_dir": str(dataset_dir), "split_file": str(split_file), "config": values}
 
