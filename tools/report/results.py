@@ -255,6 +255,9 @@ def localisation_figures(evaluation: dict, seeds: dict | None) -> list[tuple[str
     """Per method of the run (else of the seed table): (name, pointing game, Dice)."""
     src, methods = "localisation/localisation.json", evaluation.get("methods", {})
     names = set(methods) or set(seed_methods(seeds))  # the seed table's other variants: in its own table
+    # the maps as shipped; the rows comparing a step's map modes ("gdc2[intent] removed", ...) stay in the
+    # localisation section's full table
+    names = {name for name in names if " " not in name}
     out = []
     for name in sorted(names, key=method_order):
         r = methods.get(name, {})
