@@ -11,9 +11,11 @@ per Ultralytics epoch ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED`` with ``sta
 
 Salt-and-pepper noise (the thesis's third augmentation, 5% of pixels) is not an Ultralytics
 augmentation; it is added on the fly: the training dataset is a ``YOLODataset`` whose transform chain
-gets a salt-and-pepper step (``RandSaltPepper``'s semantics: with probability ``salt_pepper#prob``, a
-fresh random ``salt_pepper#amount`` of the pixels set to black or white every time an image is drawn)
-just before Ultralytics' final formatting step.
+gets a per-image step (``YoloDeviceAugment``: with probability ``salt_pepper#prob``, a fresh random
+``salt_pepper#amount`` of the pixels set to black or white every time an image is drawn) just before
+Ultralytics' final formatting step. The same step holds the device differences Ultralytics has no argument for
+(gamma, an S-shaped tone curve, unsharp masking, inversion), each with its own probability in ``salt_pepper``
+(0 by default: off).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ignite.engine import Engine, Events
 from . import fingerprint
 from .checkpoint import atomic_replace
 from .detector import _torch_device, save_detector, set_confidence_floor, ultralytics_device
+from .transforms import tone_curve, unsharp_mask
 from .yolo_export import box_from_yolo_label, prepare_ultralytics
 
 logger = logging.getLogger(__name__)
@@ -53,20 +56,88 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
-class YoloSaltPepper:
-    """Ultralytics-style transform (``labels["img"]`` is ``(rows, cols, 3)`` uint8): with probability ``prob``,
-    ``amount`` of the pixels become black or white (half each), the same pixels in every channel.
+# the device effects of ``YoloDeviceAugment`` in the order they are applied: each has ``<effect>_prob`` and these keys
+DEVICE_EFFECTS: dict[str, tuple[str, ...]] = {
+    "gamma": ("gamma",),
+    "tone": ("tone", "tone_mid"),
+    "sharpen": ("sharpen_amount", "sharpen_sigma"),
+    "invert": (),
+}
 
-    ``scripts.transforms.RandSaltPepper`` semantics, drawing ``amount * pixels`` positions instead of one
-    random number per pixel: it runs on every drawn training image, where its cost matters on a CPU.
+
+class YoloDeviceAugment:
+    """Ultralytics-style transform (``labels["img"]`` is ``(rows, cols, 3)`` uint8) of how X-ray devices differ,
+    each effect with its own probability, in this order:
+
+    - ``gamma``: ``x ** g`` on [0, 1], ``g`` uniform in ``gamma``;
+    - ``tone``: ``scripts.transforms.tone_curve``, its contrast uniform in ``tone``, its midpoint in ``tone_mid``;
+    - ``sharpen``: ``scripts.transforms.unsharp_mask``, amount in ``sharpen_amount``, Gaussian sigma in
+      ``sharpen_sigma`` (pixels of the model input);
+    - ``invert``: ``1 - x`` (bone dark: an export that ignored MONOCHROME1);
+    - salt-and-pepper (``prob``, ``amount``): ``amount`` of the pixels become black or white (half each), the same
+      pixels in every channel: ``scripts.transforms.RandSaltPepper`` semantics, drawing ``amount * pixels``
+      positions instead of one random number per pixel (it runs on every drawn training image, where its cost
+      matters on a CPU).
+
+    An effect of probability 0 draws no random number: salt-and-pepper alone draws as it always did. The boxes are
+    untouched (every effect is intensity only).
     """
 
-    def __init__(self, prob: float = 0.5, amount: float = 0.05, seed: int | None = None):
+    def __init__(
+        self,
+        prob: float = 0.5,
+        amount: float = 0.05,
+        seed: int | None = None,
+        *,
+        gamma_prob: float = 0.0,
+        gamma: Sequence[float] = (0.7, 1.5),
+        tone_prob: float = 0.0,
+        tone: Sequence[float] = (1.0, 6.0),
+        tone_mid: Sequence[float] = (0.4, 0.6),
+        sharpen_prob: float = 0.0,
+        sharpen_amount: Sequence[float] = (0.3, 1.5),
+        sharpen_sigma: Sequence[float] = (1.0, 3.0),
+        invert_prob: float = 0.0,
+    ):
         if not 0.0 <= amount <= 1.0:
             raise ValueError(f"amount must be in [0, 1], got {amount}")
         self.prob, self.amount, self.rng = float(prob), float(amount), np.random.default_rng(seed)
+        self.probs = {"gamma": gamma_prob, "tone": tone_prob, "sharpen": sharpen_prob, "invert": invert_prob}
+        self.gamma, self.tone, self.tone_mid = tuple(gamma), tuple(tone), tuple(tone_mid)
+        self.sharpen_amount, self.sharpen_sigma = tuple(sharpen_amount), tuple(sharpen_sigma)
+
+    @staticmethod
+    def active(settings: dict) -> dict:
+        """``settings`` less the device effects of probability 0 (and their keys): what changes the training."""
+        off = [e for e in DEVICE_EFFECTS if not settings.get(f"{e}_prob")]
+        drop = {f"{e}_prob" for e in off} | {k for e in off for k in DEVICE_EFFECTS[e]}
+        return {k: v for k, v in settings.items() if k not in drop}
+
+    @staticmethod
+    def enabled(settings: dict) -> bool:
+        """Whether ``settings`` change any image: salt-and-pepper or a device effect on."""
+        on = settings.get("prob", 0) > 0 and settings.get("amount", 0) > 0
+        return on or any(settings.get(f"{e}_prob", 0) > 0 for e in DEVICE_EFFECTS)
+
+    def _hit(self, effect: str) -> bool:
+        p = float(self.probs[effect])
+        return p > 0 and self.rng.random() < p
 
     def __call__(self, labels: dict) -> dict:
+        lut = None  # gamma and tone as one lookup table of the 256 grey levels
+        if self._hit("gamma"):
+            lut = np.linspace(0.0, 1.0, 256) ** self.rng.uniform(*self.gamma)
+        if self._hit("tone"):
+            grey = torch.from_numpy(np.linspace(0.0, 1.0, 256) if lut is None else lut)
+            lut = tone_curve(grey, self.rng.uniform(*self.tone), self.rng.uniform(*self.tone_mid)).numpy()
+        if lut is not None:
+            labels["img"] = np.round(np.clip(lut, 0, 1) * 255).astype(np.uint8)[labels["img"]]
+        if self._hit("sharpen"):
+            x = torch.from_numpy(np.moveaxis(labels["img"], -1, 0).astype(np.float32) / 255)
+            x = unsharp_mask(x, self.rng.uniform(*self.sharpen_amount), self.rng.uniform(*self.sharpen_sigma))
+            labels["img"] = np.moveaxis(np.round(x.clamp(0, 1).numpy() * 255).astype(np.uint8), 0, -1)
+        if self._hit("invert"):
+            labels["img"] = 255 - labels["img"]
         if self.rng.random() >= self.prob:
             return labels
         img = labels["img"] = np.ascontiguousarray(labels["img"])
@@ -76,6 +147,9 @@ class YoloSaltPepper:
         flat[idx[:half]] = 0
         flat[idx[half:]] = 255
         return labels
+
+
+YoloSaltPepper = YoloDeviceAugment  # its former name: salt-and-pepper alone
 
 
 FLOOR_PERCENTILE = 1.0  # the floor keeps this percentile of the correct validation boxes' confidences
@@ -126,25 +200,34 @@ def _loads(path: Path) -> bool:
     return not damaged
 
 
-def _trainer_class(prob: float, amount: float, seed: int):
-    """A ``DetectionTrainer`` whose training dataset adds salt-and-pepper noise (``YoloSaltPepper``)."""
+def _device_dataset_class(settings: dict, seed: int):
+    """A ``YOLODataset`` whose training transforms end with ``YoloDeviceAugment(**settings)`` (before Format)."""
+    from ultralytics.data.dataset import YOLODataset
+
+    class DeviceAugmentDataset(YOLODataset):
+        def build_transforms(self, hyp=None):
+            transforms = super().build_transforms(hyp)
+            if self.augment and YoloDeviceAugment.enabled(settings):
+                transforms.insert(len(transforms.transforms) - 1, YoloDeviceAugment(**settings, seed=seed))
+            return transforms
+
+    return DeviceAugmentDataset
+
+
+def _trainer_class(settings: dict, seed: int):
+    """A ``DetectionTrainer`` whose training dataset adds the per-image augmentation ``YoloDeviceAugment``."""
     from copy import copy
 
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    class SaltPepperDataset(YOLODataset):
-        def build_transforms(self, hyp=None):
-            transforms = super().build_transforms(hyp)
-            if self.augment and prob > 0 and amount > 0:
-                transforms.insert(len(transforms.transforms) - 1, YoloSaltPepper(prob, amount, seed))  # before Format
-            return transforms
+    dataset_class = _device_dataset_class(settings, seed)
 
     class NasalBoneTrainer(DetectionTrainer):
         def build_dataset(self, img_path, mode="train", batch=None):
             dataset = super().build_dataset(img_path, mode, batch)
             if mode == "train" and type(dataset) is YOLODataset:
-                dataset.__class__ = SaltPepperDataset
+                dataset.__class__ = dataset_class
                 dataset.transforms = dataset.build_transforms(copy(self.args))
             return dataset
 
@@ -309,7 +392,7 @@ class DetectorTrainer(Engine):
             {
                 "model": self.model,
                 "args": keep,
-                "salt_pepper": self.salt_pepper,
+                "salt_pepper": YoloDeviceAugment.active(self.salt_pepper),  # effects off: as before they existed
                 "margin": self.margin,
                 "data": export.get("fingerprint") or Path(self.data_yaml).parent.joinpath("export.json").read_text(),
             }
@@ -364,7 +447,7 @@ class DetectorTrainer(Engine):
         t0 = time.perf_counter()
         try:
             self.fire_event(Events.STARTED)
-            trainer = _trainer_class(self.salt_pepper["prob"], self.salt_pepper["amount"], self.args["seed"])
+            trainer = _trainer_class(self.salt_pepper, self.args["seed"])
             if not resume and self.run_dir.exists():
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -416,4 +499,4 @@ class DetectorTrainer(Engine):
         return summary
 
 
-__all__ = ["DetectorTrainer", "YoloSaltPepper", "epoch_metrics", "metric_name", "set_threads"]
+__all__ = ["DetectorTrainer", "YoloDeviceAugment", "YoloSaltPepper", "epoch_metrics", "metric_name", "set_threads"]

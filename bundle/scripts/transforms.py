@@ -2,23 +2,33 @@
 
 - ``RandSaltPepper``/``RandSaltPepperd``: set a fraction of pixels to the minimum or maximum value
   (the thesis's detector augmentation, 5% of pixels).
+- ``RandToneCurve``/``RandToneCurved`` and ``RandUnsharpMask``/``RandUnsharpMaskd``: two ways X-ray devices
+  differ (a film-like S-shaped tone curve; edge enhancement by unsharp masking), for training that should carry
+  over to another site; ``tone_curve`` and ``unsharp_mask`` are the plain functions, which the detector's
+  per-image augmentation (``scripts.detector_training.YoloDeviceAugment``) uses too.
 - ``LandmarksToPointsd``/``PointsToLandmarksd``: carry the two landmarks through MONAI spatial
   transforms as a ``(1, 2, 2)`` points array in spatial-axis order (row y, column x), the form
   ``ApplyTransformToPointsd`` moves with the image's affine.
 
 Every other augmentation of the thesis is a MONAI transform named in the stage configs:
 ``RandFlipd`` (horizontal flip: spatial axis 1), ``RandAffined`` (translation, rotation, zoom),
-``RandScaleIntensityFixedMeand`` (contrast), ``RandScaleIntensityd`` (brightness).
+``RandScaleIntensityFixedMeand`` (contrast), ``RandScaleIntensityd`` (brightness); the classifier's site
+augmentations add ``RandAdjustContrastd`` (gamma), ``RandShiftIntensityd`` (brightness) and ``RandLambdad``
+(inversion, ``1 - x``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import math
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
+from monai.networks.layers import separable_filtering
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
@@ -89,6 +99,111 @@ class RandSaltPepperd(RandomizableTransform, MapTransform):
             d[key] = self.noise(d[key], randomize=first)
             first = False
         return d
+
+
+def tone_curve(img: torch.Tensor, contrast: float, mid: float) -> torch.Tensor:
+    """Film-like S-curve on [0, 1]: a logistic of slope ``contrast`` around ``mid``, rescaled so 0 -> 0 and 1 -> 1."""
+    lo, hi = (1 / (1 + math.exp(-contrast * (v - mid))) for v in (0.0, 1.0))
+    return (torch.sigmoid(contrast * (img - mid)) - lo) / (hi - lo)
+
+
+def unsharp_mask(img: torch.Tensor, amount: float, sigma: float) -> torch.Tensor:
+    """Edge enhancement of a channel-first image: ``img + amount * (img - blur(img))``, the blur a Gaussian of
+    ``sigma`` pixels with the border replicated (MONAI's ``GaussianSmooth`` pads with zeros: a bright frame)."""
+    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, normalize=True)
+    blur = separable_filtering(img[None].float(), [kernel] * (img.ndim - 1), mode="replicate")[0]
+    return img + amount * (img - blur.to(img.dtype))
+
+
+def _range(values: Sequence[float], name: str, low: float = 0.0) -> tuple[float, float]:
+    lo, hi = (float(v) for v in values)
+    if not low < lo <= hi:
+        raise ValueError(f"{name} must be a range [lo, hi] with {low} < lo <= hi, got {values}")
+    return lo, hi
+
+
+class RandToneCurve(RandomizableTransform):
+    """With probability ``prob``, ``tone_curve`` with ``contrast`` and ``mid`` drawn uniformly from their ranges
+    (an image in [0, 1]; the phantom's site B: contrast 3.5-5.5 around 0.45-0.55)."""
+
+    def __init__(self, prob: float = 0.1, contrast: Sequence[float] = (1.0, 6.0), mid: Sequence[float] = (0.4, 0.6)):
+        RandomizableTransform.__init__(self, prob)
+        self.contrast, self.mid = _range(contrast, "contrast"), _range(mid, "mid")
+        self.value = (1.0, 0.5)
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self.value = (self.R.uniform(*self.contrast), self.R.uniform(*self.mid))
+
+    def __call__(self, img, randomize: bool = True):
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img
+        return tone_curve(convert_to_tensor(img, track_meta=get_track_meta()), *self.value)
+
+
+class RandUnsharpMask(RandomizableTransform):
+    """With probability ``prob``, ``unsharp_mask`` with ``amount`` and ``sigma`` (pixels) drawn from their ranges."""
+
+    def __init__(self, prob: float = 0.1, amount: Sequence[float] = (0.3, 1.5), sigma: Sequence[float] = (1.0, 3.0)):
+        RandomizableTransform.__init__(self, prob)
+        self.amount, self.sigma = _range(amount, "amount"), _range(sigma, "sigma")
+        self.value = (0.0, 1.0)
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self.value = (self.R.uniform(*self.amount), self.R.uniform(*self.sigma))
+
+    def __call__(self, img, randomize: bool = True):
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img
+        return unsharp_mask(convert_to_tensor(img, track_meta=get_track_meta()), *self.value)
+
+
+class _RandDictd(RandomizableTransform, MapTransform):
+    """Dictionary version of the array transform ``self.array``: one draw, the same effect on every key."""
+
+    array: RandomizableTransform
+
+    def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        self.array.randomize()
+        for key in self.key_iterator(d):
+            d[key] = self.array(d[key], randomize=False)
+        return d
+
+
+class RandToneCurved(_RandDictd):
+    """Dictionary version of ``RandToneCurve``."""
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.1, contrast=(1.0, 6.0), mid=(0.4, 0.6), **kwargs):
+        super().__init__(keys, prob, **kwargs)
+        self.array = RandToneCurve(prob=1.0, contrast=contrast, mid=mid)
+
+
+class RandUnsharpMaskd(_RandDictd):
+    """Dictionary version of ``RandUnsharpMask``."""
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.1, amount=(0.3, 1.5), sigma=(1.0, 3.0), **kwargs):
+        super().__init__(keys, prob, **kwargs)
+        self.array = RandUnsharpMask(prob=1.0, amount=amount, sigma=sigma)
 
 
 class LandmarksToPointsd(MapTransform):
