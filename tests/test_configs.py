@@ -30,7 +30,7 @@ def _missing_references(parser: ConfigParser) -> list[str]:
 
 
 def test_profiles_are_the_documented_ones() -> None:
-    assert PROFILES == ["paper", "quick", "quick_efficientnet", "tiny"]
+    assert PROFILES == ["paper", "quick", "quick_efficientnet", "quick_sites", "tiny"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -192,3 +192,18 @@ def test_gallery_puts_failures_first_and_page_is_in_mlflow(run, browser) -> None
     viewport(browser, min(browser.execute_script("return document.documentElement.scrollHeight"), 12000))
     browser.save_screenshot(str(ARTIFACTS / "report_full.png"))
     viewport(browser, 900)
+
+
+def test_the_report_goes_to_a_remote_mlflow_store_only_with_log_images(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from tools.report.mlflow_run import artifact_check
+
+    def store(uri: str):
+        return SimpleNamespace(get_run=lambda _id: SimpleNamespace(info=SimpleNamespace(artifact_uri=uri)))
+
+    remote = store("mlflow-artifacts:/1/abc/artifacts")
+    assert "remote" in artifact_check(remote, tmp_path, "abc")  # it shows X-rays: they would leave the machine
+    assert artifact_check(remote, tmp_path, "abc", log_images=True) is None
+    assert artifact_check(store(f"file://{tmp_path}/mlruns/1/abc/artifacts"), tmp_path, "abc") is None
+    assert "outside" in artifact_check(store("file:///elsewhere/mlruns/1/abc/artifacts"), tmp_path, "abc")

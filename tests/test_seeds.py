@@ -102,6 +102,9 @@ def test_variant_parsing_and_unknown_keys() -> None:
     seeds.check_overrides({"gan#gdc_d_weight": 0, "gdc2#mask_threshold": 0.1}, "tiny")
     with pytest.raises(KeyError, match="gan#gdc_d_wieght"):
         seeds.check_overrides({"gan#gdc_d_wieght": 0}, "tiny")
+    for key in ("gd#epochs", "classifier#lr", "seed"):  # read only by stages a variant copies
+        with pytest.raises(KeyError, match="would change nothing"):
+            seeds.check_overrides({key: 1}, "tiny")
 
 
 def test_orchestration_and_table(tmp_path, monkeypatch) -> None:

@@ -120,6 +120,10 @@ def copy_split(shared: Path, run: Path) -> None:
         _copy(shared / name, run / name)
 
 
+# config sections a variant does not retrain (it copies the seed's weights of these stages)
+UPSTREAM_SECTIONS = ("detector", "classifier", "gd", "seed", "split_seed", "split_fractions", "crop_size", "box_margin")
+
+
 def parse_variant(tokens: list[str]) -> tuple[str, dict[str, Any]]:
     """``["no_d", "gan#gdc_d_weight=0"]`` -> ``("no_d", {"gan#gdc_d_weight": 0})`` (values read as YAML)."""
     name, *pairs = tokens
@@ -141,6 +145,13 @@ def check_overrides(overrides: dict[str, Any], profile: str) -> None:
     unknown = [k for k in overrides if k not in parser]
     if unknown:
         raise KeyError(f"not a config key of the G-D-C stages: {', '.join(unknown)}")
+    # a variant reuses the seed's detector, C and G-D: a key that only they read would change nothing it trains
+    upstream = [k for k in overrides if k.split("#")[0] in UPSTREAM_SECTIONS]
+    if upstream:
+        raise KeyError(
+            f"a variant retrains G-D-C steps 1 and 2 only, beside the seed's detector, C and G-D: "
+            f"{', '.join(upstream)} would change nothing it trains"
+        )
 
 
 def train(args: argparse.Namespace, t0: float) -> None:

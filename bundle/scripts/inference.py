@@ -13,7 +13,6 @@ output, log and MLflow record.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -225,18 +224,6 @@ def region_network(
 
     generator = load_region_model(path, device).eval()
     return for_runtime(generator, runtime, (1, 1, crop_size, crop_size), cache_dir=cache_dir)
-
-
-def set_threads(threads: int = 0) -> int:
-    """Use ``threads`` torch CPU threads (0: every core this process may run on); return the number set.
-
-    Importing Ultralytics sets ``OMP_NUM_THREADS=1`` when it is unset, and its device selection would leave torch
-    one thread fewer than the cores; inference calls this once, so that the networks use every core.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = max(1, int(threads) or cores or 1)
-    torch.set_num_threads(n)
-    return n
 
 
 def run_inference(

@@ -14,6 +14,7 @@ A checkpoint file (``checkpoint.GAN_FORMAT``, see ``checkpoint.py``) holds, per 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from torch import nn
 
 from . import checkpoint
 from .distributed import unwrap
+
+logger = logging.getLogger(__name__)
 
 
 class Generator(nn.Module):
@@ -142,15 +145,19 @@ def load_network(path: str | Path, name: str, device: str | torch.device = "cpu"
 def generator_from(path: str | Path, copy_weights: bool = True, residual: bool | None = None) -> Generator:
     """A generator with the architecture of the one saved at ``path``: its weights, or freshly initialised ones.
 
-    ``residual`` (new weights only) overrides the saved input-to-output skip (``Generator``); ``None`` keeps it.
+    ``residual`` overrides the saved input-to-output skip (``Generator``) of new weights; ``None`` keeps it. Copied
+    weights keep the saved one (they compute what they were trained to), and a different request is logged.
     """
     src = load_network(path, "generator")
-    if residual is not None and bool(residual) != src.config["residual"] and copy_weights:
-        raise ValueError(
-            f"{path}: its generator has residual={src.config['residual']}; copying its weights into a "
-            f"generator with residual={bool(residual)} would change what they compute"
-        )
     if copy_weights:
+        if residual is not None and bool(residual) != src.config["residual"]:
+            logger.warning(
+                "%s: its generator's weights are copied with their own residual=%s (residual=%s applies to new "
+                "weights only)",
+                path,
+                src.config["residual"],
+                bool(residual),
+            )
         return src.train()
     return Generator(**{**src.config, **({} if residual is None else {"residual": bool(residual)})})
 

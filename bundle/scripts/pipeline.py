@@ -291,6 +291,7 @@ def _train_all(
         "profile": str(profile),
         "tracking_uri": tracking_uri,
         "parent_run_id": parent,
+        "log_images": bool(log_images),  # the run report goes to a remote MLflow store only with it (tools/report)
         "stages": {},
     }
     status = "FAILED"

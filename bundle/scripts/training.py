@@ -23,7 +23,17 @@ def lr_scheduler(
     raise ValueError(f"lr_schedule must be 'onecycle' or 'constant', got {schedule!r}")
 
 
-def set_threads(n: int) -> int:
-    """Use ``n`` torch CPU threads (0: every core, as the detector's stage uses); return the number in use."""
-    torch.set_num_threads(int(n) if n and n > 0 else max(1, os.cpu_count() or 1))
+def set_threads(threads: int | None = 0) -> int:
+    """Use ``threads`` torch CPU threads and return the number in use: ``None`` leaves it as it is; 0 means every
+    core this process may run on (its CPU affinity), shared out between the processes of a torchrun node
+    (``LOCAL_WORLD_SIZE``).
+
+    Importing Ultralytics sets ``OMP_NUM_THREADS=1`` when it is unset, and its device selection would leave torch
+    one thread fewer than the cores; the stages and inference call this so that their networks use every core.
+    """
+    if threads is None:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    torch.set_num_threads(max(1, int(threads) or share))
     return torch.get_num_threads()

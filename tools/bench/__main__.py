@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[bench {time.perf_counter() - began:5.0f} s] {message}", flush=True)
 
-    from scripts.inference import set_threads
+    from scripts.training import set_threads
 
     threads = set_threads(0)
     import onnxruntime

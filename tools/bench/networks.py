@@ -82,6 +82,7 @@ def build(profile: str) -> list[Network]:
     crop = int(common.get_parsed_content("crop_size"))
     imgsz = int(detector["imgsz"])
     classifier = _parser(profile, CONFIGS["classifier"])
+    classifier["classifier#pretrained"] = False  # the architecture is what is timed: no ImageNet download
     generator = _parser(profile, CONFIGS["generator"])
     c_cfg = classifier.get_parsed_content("classifier")
     g_cfg = generator.get_parsed_content("gd")

@@ -41,7 +41,11 @@ def write_report(
     mlflow = mlflow_run.client(mlflow_run.tracking_uri(root, recorded))
     curves = mlflow_run.training_curves(mlflow, info.get("stages", {})) if mlflow else {}
     parent = info.get("parent_run_id")
-    why_not = mlflow_run.artifact_check(mlflow, root, parent) if log_to_mlflow else "not asked for (--no_mlflow)"
+    why_not = (
+        mlflow_run.artifact_check(mlflow, root, parent, bool(info.get("log_images")))
+        if log_to_mlflow
+        else "not asked for (--no_mlflow)"
+    )
     command, where = mlflow_run.ui_command(root, recorded)
     ui = f"<code>{html.escape(command)}</code> ({html.escape(where)})"
     lines = [

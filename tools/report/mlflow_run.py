@@ -180,11 +180,12 @@ def training_curves(mlflow, stages: dict) -> dict[str, tuple[bytes, str]]:
     return out
 
 
-def artifact_check(mlflow, run: Path, parent_id: str | None) -> str | None:
+def artifact_check(mlflow, run: Path, parent_id: str | None, log_images: bool = False) -> str | None:
     """None when the report can be logged as an artifact of the parent run, else why not.
 
     A local artifact folder outside the run folder means the run folder was copied or moved: nothing is written
-    there (it may hold another run's files)."""
+    there (it may hold another run's files). The report shows X-rays and crops, so it goes to a remote store only
+    when the run was started with ``log_images`` (as the stages' own pictures do)."""
     if mlflow is None or not parent_id:
         return "no MLflow store found for this run"
     try:
@@ -192,8 +193,11 @@ def artifact_check(mlflow, run: Path, parent_id: str | None) -> str | None:
     except Exception as err:  # tracking never stops the work it records
         return f"the pipeline run could not be read ({type(err).__name__})"
     parts = urlsplit(uri)
-    if parts.scheme in ("", "file") and not Path(parts.path).resolve().is_relative_to(run.resolve()):
+    local = parts.scheme in ("", "file")
+    if local and not Path(parts.path).resolve().is_relative_to(run.resolve()):
         return "its artifact folder lies outside this run folder (the folder was copied or moved)"
+    if not local and not log_images:
+        return "it shows X-rays and the MLflow store is remote (the run was not started with log_images true)"
     return None
 
 
