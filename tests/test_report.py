@@ -9,9 +9,7 @@ Without the browser the test fails (``make test`` installs it through ``make sys
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from unittest.mock import patch
@@ -19,11 +17,11 @@ from unittest.mock import patch
 import pytest
 
 from scripts import BUNDLE_ROOT
+from tests.browser import headless_chromium
 from tools.demo import held_out_folder
 from tools.report import main as report_main
 from tools.report.results import resolve
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
 CONFIGS = BUNDLE_ROOT / "configs"
 
@@ -73,31 +71,12 @@ def seed_table(out: Path) -> dict:
     return {"seeds": [0, 1], "runs": {"main": runs}, "summary": {"main": stats}}
 
 
-def system_tool(path: Path) -> str:
-    """``path``, else the same program on PATH; the test FAILS (never skips) without it."""
-    found = str(path) if path.exists() else shutil.which(path.name)
-    if not found:
-        pytest.fail(f"{path.name} not found: install it with `make system-packages` (Debian chromium, chromium-driver)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium through the system chromedriver, a 1280 x 900 viewport; Selenium Manager never asked."""
-    chromium, chromedriver = system_tool(CHROMIUM), system_tool(CHROMEDRIVER)
-    os.environ["SE_OFFLINE"] = "true"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--hide-scrollbars"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    viewport(driver, 900)
-    yield driver
-    driver.quit()
+    with headless_chromium(["--hide-scrollbars"]) as driver:
+        viewport(driver, 900)
+        yield driver
 
 
 def viewport(driver, height: int) -> None:

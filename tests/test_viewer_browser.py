@@ -6,17 +6,15 @@ Without the browser the test fails (``make test`` installs it through ``make sys
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from clinic import REPO_ROOT
+from tests.browser import headless_chromium
 from tests.test_inference import DETECT
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO_ROOT / "runs" / "test-artifacts"
 
 
@@ -33,30 +31,11 @@ def server(models, tmp_path_factory):
         yield url
 
 
-def system_tool(path: Path) -> str:
-    """``path``, else the same program on PATH; the test FAILS (never skips) without it."""
-    found = str(path) if path.exists() else shutil.which(path.name)
-    if not found:
-        pytest.fail(f"{path.name} not found: install it with `make system-packages` (Debian chromium, chromium-driver)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium through the system chromedriver; Selenium Manager is never asked to download anything."""
-    chromium, chromedriver = system_tool(CHROMIUM), system_tool(CHROMEDRIVER)
-    os.environ["SE_OFFLINE"] = "true"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1440,960"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    yield driver
-    driver.quit()
+    with headless_chromium(["--window-size=1440,960"]) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")

@@ -122,47 +122,39 @@ def _range(values: Sequence[float], name: str, low: float = 0.0) -> tuple[float,
     return lo, hi
 
 
-class RandToneCurve(RandomizableTransform):
+class _RandDrawnEffect(RandomizableTransform):
+    """With probability ``prob``, ``effect(img, *values)`` with each value drawn uniformly from its range."""
+
+    def __init__(self, prob: float, effect, ranges: dict[str, Sequence[float]], default: tuple[float, ...]) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.effect, self.ranges, self.value = effect, [_range(v, k) for k, v in ranges.items()], default
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self.value = tuple(self.R.uniform(*r) for r in self.ranges)
+
+    def __call__(self, img, randomize: bool = True):
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img
+        return self.effect(convert_to_tensor(img, track_meta=get_track_meta()), *self.value)
+
+
+class RandToneCurve(_RandDrawnEffect):
     """With probability ``prob``, ``tone_curve`` with ``contrast`` and ``mid`` drawn uniformly from their ranges
     (an image in [0, 1]; the phantom's site B: contrast 3.5-5.5 around 0.45-0.55)."""
 
     def __init__(self, prob: float = 0.1, contrast: Sequence[float] = (1.0, 6.0), mid: Sequence[float] = (0.4, 0.6)):
-        RandomizableTransform.__init__(self, prob)
-        self.contrast, self.mid = _range(contrast, "contrast"), _range(mid, "mid")
-        self.value = (1.0, 0.5)
-
-    def randomize(self, data=None) -> None:
-        super().randomize(None)
-        if self._do_transform:
-            self.value = (self.R.uniform(*self.contrast), self.R.uniform(*self.mid))
-
-    def __call__(self, img, randomize: bool = True):
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return img
-        return tone_curve(convert_to_tensor(img, track_meta=get_track_meta()), *self.value)
+        super().__init__(prob, tone_curve, {"contrast": contrast, "mid": mid}, (1.0, 0.5))
 
 
-class RandUnsharpMask(RandomizableTransform):
+class RandUnsharpMask(_RandDrawnEffect):
     """With probability ``prob``, ``unsharp_mask`` with ``amount`` and ``sigma`` (pixels) drawn from their ranges."""
 
     def __init__(self, prob: float = 0.1, amount: Sequence[float] = (0.3, 1.5), sigma: Sequence[float] = (1.0, 3.0)):
-        RandomizableTransform.__init__(self, prob)
-        self.amount, self.sigma = _range(amount, "amount"), _range(sigma, "sigma")
-        self.value = (0.0, 1.0)
-
-    def randomize(self, data=None) -> None:
-        super().randomize(None)
-        if self._do_transform:
-            self.value = (self.R.uniform(*self.amount), self.R.uniform(*self.sigma))
-
-    def __call__(self, img, randomize: bool = True):
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return img
-        return unsharp_mask(convert_to_tensor(img, track_meta=get_track_meta()), *self.value)
+        super().__init__(prob, unsharp_mask, {"amount": amount, "sigma": sigma}, (0.0, 1.0))
 
 
 class _RandDictd(RandomizableTransform, MapTransform):
