@@ -27,7 +27,15 @@ logger = logging.getLogger(__name__)
 LENGTH = 16
 MISSING = "missing"
 # stage values that change nothing that was learnt: left out of a stage's fingerprint
-IGNORED_KEYS = ("num_threads", "iteration_log", "sample_interval", "num_samples", "checkpoint_interval")
+# (pretrained_weights: a path; its content is in the classifier's fingerprint_extra, so a moved file retrains nothing)
+IGNORED_KEYS = (
+    "num_threads",
+    "iteration_log",
+    "sample_interval",
+    "num_samples",
+    "checkpoint_interval",
+    "pretrained_weights",
+)
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
 
 
