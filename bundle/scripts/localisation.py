@@ -44,6 +44,7 @@ from .masks import (
     change,
     choose_threshold,
     difference_map,
+    generator_mask,
     load_crops,
     pointing_game,
     pointing_hit,
@@ -227,7 +228,7 @@ def _restricted_method(name: str, g2: nn.Module, g1: nn.Module, sigma: float, st
     g2.eval()
 
     def fn(b: torch.Tensor) -> torch.Tensor:
-        return smooth01(change(g2(b) - b) * (torch.abs(g1(b) - b) > step1_threshold), sigma)
+        return smooth01(change(g2(b) - b) * generator_mask(b, g1, step1_threshold), sigma)
 
     return Method(name, fn, None, {"step1_threshold": step1_threshold})
 
