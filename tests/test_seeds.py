@@ -188,6 +188,31 @@ def test_detector_trained_once_when_not_given(tmp_path, monkeypatch) -> None:
     assert (out / "seed1" / "models" / "detector.pt").read_bytes() == b"trained"
 
 
+def test_variants_only_adds_an_ablation_beside_the_seed_runs(tmp_path, monkeypatch) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    (data / "dataset.csv").write_text("image,patient_id,label\na.png,P0,1\nb.png,P1,0\n")
+    detector = tmp_path / "det.pt"
+    detector.write_bytes(b"weights")
+    fake = FakePipeline()
+    monkeypatch.setattr(seeds, "run_step", fake)
+    argv = ["--data", str(data), "--out", str(out), "--seeds", "0", "1", "--profile", "tiny"]
+    argv += ["--detector", str(detector)]
+    with pytest.raises(SystemExit, match="no --variant given"):
+        seeds.main([*argv, "--variants-only"])
+    variant = ["--variant", "no_d", "gan#gdc_d_weight=0"]
+    with pytest.raises(SystemExit, match="seed0/models/detector.pt"):  # no seed run to stand beside
+        seeds.main([*argv, *variant, "--variants-only"])
+    assert fake.calls == []
+
+    seeds.main(argv)  # the seed runs
+    fake.calls.clear()
+    doc = seeds.main([*argv, *variant, "--variants-only"])
+    assert [c.get("only") for c in fake.calls] == [None, seeds.VARIANT_STAGES, seeds.VARIANT_STAGES]
+    assert [c["out"].name for c in fake.calls[1:]] == ["seed0-no_d", "seed1-no_d"]
+    assert set(doc["summary"]) == {"main", "no_d"} and "--variants-only" not in doc["command"]
+
+
 def _pipeline(run: Path) -> dict:
     return json.loads((run / "pipeline.json").read_text())["stages"]
 

@@ -1,7 +1,7 @@
 """``make seeds``: every figure over several training seeds (mean, minimum, maximum), on one split and one detector.
 
     python -m tools.seeds --data data/phantom --out runs/seeds --seeds 0 1 2 --profile quick \\
-        [--detector PATH] [--variant NAME KEY=VALUE ...] [--collect-only]
+        [--detector PATH] [--variant NAME KEY=VALUE ...] [--variants-only | --collect-only]
 
 What it runs, one training at a time, each the bundle's chained training (``python -m monai.bundle run training``):
 
@@ -18,6 +18,8 @@ The runs' fingerprints skip stages whose weights are current, so the same comman
 Then every figure of every run (C's test ROC AUC; each localisation method's pointing game, Dice, IoU and energy; the
 repaired crops' C and D scores; ``gd/discriminator.json`` when there is one) goes to ``OUT/seeds.json`` (per run
 and summarised) and ``OUT/seeds.md``; ``--collect-only`` rebuilds these two from the run folders.
+``--variants-only`` trains only the variants, beside seed runs already in ``OUT`` (an ablation added to a finished
+table: the seed runs are not looked at again, so a config key added since does not retrain them).
 """
 
 from __future__ import annotations
@@ -160,7 +162,13 @@ def train(args: argparse.Namespace, t0: float) -> None:
     variants = dict(parse_variant(v) for v in args.variant or [])
     for overrides in variants.values():
         check_overrides(overrides, args.profile)
-    if args.detector:
+    if args.variants_only:
+        missing = [f"seed{s}/models/{stem}.pt" for s in args.seeds for stem in VARIANT_COPIES]
+        missing = [m for m in missing if not (out / m).is_file()]
+        if missing or not variants:
+            raise SystemExit(f"--variants-only: {'no --variant given' if not variants else f'no {out / missing[0]}'}")
+        log(t0, "variants only: the seed runs in the output folder are used as they are")
+    elif args.detector:
         log(t0, f"detector: copied from {args.detector}")
         copy_weights(Path(args.detector), shared / "models", "detector")
     else:
@@ -169,7 +177,7 @@ def train(args: argparse.Namespace, t0: float) -> None:
     crops_dir = shared / "crops" / "crops"
     run_step(crops_command(data, shared, args.profile, crops_dir))
     common = {"crops_csv#out_dir": str(crops_dir)}
-    for seed in args.seeds:
+    for seed in [] if args.variants_only else args.seeds:
         start = time.perf_counter()
         run = out / f"seed{seed}"
         copy_split(shared, run)
@@ -376,7 +384,9 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
         metavar="NAME KEY=VALUE",
         help="an ablation: G-D-C steps 1 and 2 retrained per seed with these config overrides (repeatable)",
     )
-    parser.add_argument("--collect-only", action="store_true", help="only rebuild seeds.json and seeds.md")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--collect-only", action="store_true", help="only rebuild seeds.json and seeds.md")
+    mode.add_argument("--variants-only", action="store_true", help="train only the variants, beside seed runs in OUT")
     args = parser.parse_args(None if argv is None else list(argv))
     if len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds: each seed once")
