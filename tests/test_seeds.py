@@ -201,16 +201,26 @@ def test_variants_only_adds_an_ablation_beside_the_seed_runs(tmp_path, monkeypat
     with pytest.raises(SystemExit, match="no --variant given"):
         seeds.main([*argv, "--variants-only"])
     variant = ["--variant", "no_d", "gan#gdc_d_weight=0"]
-    with pytest.raises(SystemExit, match="seed0/models/detector.pt"):  # no seed run to stand beside
+    with pytest.raises(SystemExit, match="shared/models/detector.pt"):  # no seed run to stand beside
         seeds.main([*argv, *variant, "--variants-only"])
     assert fake.calls == []
 
     seeds.main(argv)  # the seed runs
+    before = {p: p.read_bytes() for p in sorted(out.glob("seed*/models/*")) + sorted(out.glob("shared/models/*"))}
     fake.calls.clear()
     doc = seeds.main([*argv, *variant, "--variants-only"])
     assert [c.get("only") for c in fake.calls] == [None, seeds.VARIANT_STAGES, seeds.VARIANT_STAGES]
     assert [c["out"].name for c in fake.calls[1:]] == ["seed0-no_d", "seed1-no_d"]
     assert set(doc["summary"]) == {"main", "no_d"} and "--variants-only" not in doc["command"]
+    assert before == {p: p.read_bytes() for p in before}  # the seed runs and the shared detector untouched
+
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match="other.pt is not the detector the seed runs used"):
+        seeds.main([*argv[:-1], str(other), *variant, "--variants-only"])
+    (out / "seed1" / "models" / "classifier.pt").unlink()
+    with pytest.raises(SystemExit, match="seed1/models/classifier.pt"):
+        seeds.main([*argv, *variant, "--variants-only"])
 
 
 def _pipeline(run: Path) -> dict:

@@ -156,6 +156,23 @@ def check_overrides(overrides: dict[str, Any], profile: str) -> None:
         )
 
 
+def check_seed_runs(args: argparse.Namespace, out: Path, variants: dict) -> None:
+    """For ``--variants-only``: a variant to train, and the finished seed runs it stands beside, made from one detector
+    (the shared one, which makes the crops; ``--detector`` if given must be that file); else a one-line exit."""
+    if not variants:
+        raise SystemExit("--variants-only: no --variant given")
+    shared = out / "shared" / "models" / "detector.pt"
+    needed = [shared, *(out / f"seed{s}" / "models" / f"{stem}.pt" for s in args.seeds for stem in VARIANT_COPIES)]
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise SystemExit(f"--variants-only: no {missing[0]} (run the seeds first, without --variants-only)")
+    others = [Path(args.detector)] if args.detector else []
+    others += [out / f"seed{s}" / "models" / "detector.pt" for s in args.seeds]
+    for other in others:
+        if not filecmp.cmp(other, shared, shallow=False):
+            raise SystemExit(f"--variants-only: {other} is not the detector the seed runs used ({shared})")
+
+
 def train(args: argparse.Namespace, t0: float) -> None:
     """The shared detector and crops, then one run per seed, then each variant per seed (module docstring)."""
     data, out, shared = Path(args.data), Path(args.out), Path(args.out) / "shared"
@@ -163,10 +180,7 @@ def train(args: argparse.Namespace, t0: float) -> None:
     for overrides in variants.values():
         check_overrides(overrides, args.profile)
     if args.variants_only:
-        missing = [f"seed{s}/models/{stem}.pt" for s in args.seeds for stem in VARIANT_COPIES]
-        missing = [m for m in missing if not (out / m).is_file()]
-        if missing or not variants:
-            raise SystemExit(f"--variants-only: {'no --variant given' if not variants else f'no {out / missing[0]}'}")
+        check_seed_runs(args, out, variants)
         log(t0, "variants only: the seed runs in the output folder are used as they are")
     elif args.detector:
         log(t0, f"detector: copied from {args.detector}")
