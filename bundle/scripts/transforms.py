@@ -68,25 +68,20 @@ class RandSaltPepper(RandomizableTransform):
         return out
 
 
-class RandSaltPepperd(RandomizableTransform, MapTransform):
-    """Dictionary version of ``RandSaltPepper``; the same pixels are hit in every key."""
+class _RandDictd(RandomizableTransform, MapTransform):
+    """Dictionary version of the array transform ``self.array``: one draw per call, made by ``self.array`` on the
+    first key present (so a draw that depends on the image, such as a noise pattern of its shape, can see it), then
+    the same effect on every key."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        prob: float = 0.5,
-        amount: float = 0.05,
-        low=None,
-        high=None,
-        allow_missing_keys: bool = False,
-    ):
+    array: RandomizableTransform
+
+    def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool = False):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.noise = RandSaltPepper(prob=1.0, amount=amount, low=low, high=high)
 
     def set_random_state(self, seed=None, state=None):
         super().set_random_state(seed, state)
-        self.noise.set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
         return self
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -94,11 +89,17 @@ class RandSaltPepperd(RandomizableTransform, MapTransform):
         self.randomize(None)
         if not self._do_transform:
             return d
-        first = True
-        for key in self.key_iterator(d):
-            d[key] = self.noise(d[key], randomize=first)
-            first = False
+        for i, key in enumerate(self.key_iterator(d)):
+            d[key] = self.array(d[key], randomize=i == 0)
         return d
+
+
+class RandSaltPepperd(_RandDictd):
+    """Dictionary version of ``RandSaltPepper``; the same pixels are hit in every key."""
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.5, amount: float = 0.05, low=None, high=None, **kwargs):
+        super().__init__(keys, prob, **kwargs)
+        self.array = RandSaltPepper(prob=1.0, amount=amount, low=low, high=high)
 
 
 def tone_curve(img: torch.Tensor, contrast: float, mid: float) -> torch.Tensor:
@@ -155,31 +156,6 @@ class RandUnsharpMask(_RandDrawnEffect):
 
     def __init__(self, prob: float = 0.1, amount: Sequence[float] = (0.3, 1.5), sigma: Sequence[float] = (1.0, 3.0)):
         super().__init__(prob, unsharp_mask, {"amount": amount, "sigma": sigma}, (0.0, 1.0))
-
-
-class _RandDictd(RandomizableTransform, MapTransform):
-    """Dictionary version of the array transform ``self.array``: one draw, the same effect on every key."""
-
-    array: RandomizableTransform
-
-    def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool = False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.array.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        self.array.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.array(d[key], randomize=False)
-        return d
 
 
 class RandToneCurved(_RandDictd):
