@@ -24,7 +24,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
@@ -40,6 +39,7 @@ from ignite.engine import Engine, Events
 from . import fingerprint
 from .checkpoint import atomic_replace
 from .detector import _torch_device, save_detector, set_confidence_floor, ultralytics_device
+from .training import usable_cores
 from .transforms import tone_curve, unsharp_mask
 from .yolo_export import box_from_yolo_label, prepare_ultralytics
 
@@ -47,8 +47,10 @@ logger = logging.getLogger(__name__)
 
 
 def set_threads(threads: int | None) -> int:
-    """Use ``threads`` (default: every core) in torch and in Ultralytics' CPU device selection."""
-    n = int(threads or os.cpu_count() or 1)
+    """Use ``threads`` in torch and in Ultralytics' CPU device selection; by default every core this process may
+    run on (``training.usable_cores``), not shared out between torchrun's processes: rank 0 trains the detector alone,
+    in a child process, while the others wait."""
+    n = int(threads or usable_cores())
     import ultralytics.utils.torch_utils as tu
 
     tu.NUM_THREADS = n

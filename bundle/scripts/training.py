@@ -23,6 +23,11 @@ def lr_scheduler(
     raise ValueError(f"lr_schedule must be 'onecycle' or 'constant', got {schedule!r}")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform has one, else every core."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def set_threads(threads: int | None = 0) -> int:
     """Use ``threads`` torch CPU threads and return the number in use: ``None`` leaves it as it is; 0 means every
     core this process may run on (its CPU affinity), shared out between the processes of a torchrun node
@@ -33,7 +38,6 @@ def set_threads(threads: int | None = 0) -> int:
     """
     if threads is None:
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    share = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     torch.set_num_threads(max(1, int(threads) or share))
     return torch.get_num_threads()
