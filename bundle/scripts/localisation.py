@@ -261,7 +261,7 @@ def evaluate(
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got '{split}'")
     from .crops import crop_records
-    from .masks import load_region_model
+    from .masks import region_model
     from .networks import freeze, load_networks
 
     out = Path(out_dir)
@@ -281,7 +281,8 @@ def evaluate(
     methods: list[Method] = []
     step2: dict[str, nn.Module] = {}
     for label, paths in runs.items():
-        g2 = load_region_model(paths["gdc2"], device)
+        g2_nets, g2_info = load_networks(paths["gdc2"], device)
+        g2 = region_model(g2_nets, g2_info, paths["gdc2"])
         g1_nets, g1_info = load_networks(paths["gdc1"], device)
         tag = label or g1_info.get("mask_polarity", "main")
         sigma, g1 = g2.region["sigma"], g1_nets["generator"]
@@ -289,7 +290,7 @@ def evaluate(
         shipped = g2.region.get("mode", "abs")
         methods.append(_generator_method(f"gdc2[{tag}]", g2, sigma, g2.region["threshold"], g2.region, shipped))
         methods += [_generator_method(f"gdc2[{tag}] {mode}", g2, sigma, None, {}, mode) for mode in MAP_MODES]
-        step1_threshold = float(load_networks(paths["gdc2"], device)[1].get("mask_threshold", 0.06))
+        step1_threshold = float(g2_info.get("mask_threshold", 0.06))
         methods.append(_restricted_method(f"gdc2[{tag}] in step-1 region", g2, g1, sigma, step1_threshold))
         step2[f"gdc2[{tag}]"] = g2
     if baselines:

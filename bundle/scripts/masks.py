@@ -156,7 +156,11 @@ def choose_threshold(maps: np.ndarray, truths: np.ndarray, candidates=None) -> t
 
 def load_region_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The step-2 generator of ``gdc2.pt`` with its stored region settings as ``.region`` (threshold, sigma)."""
-    nets, info = load_networks(path, device)
+    return region_model(*load_networks(path, device), path)
+
+
+def region_model(nets: dict[str, nn.Module], info: dict, path: str | Path) -> nn.Module:
+    """``load_region_model`` for networks already loaded from ``path`` (``networks.load_networks``)."""
     generator = nets["generator"]
     if "region" not in info:
         raise CheckpointError(f"{path}: no region threshold stored (was G-D-C step 2 calibrated on validation?)")
