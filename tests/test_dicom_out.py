@@ -6,6 +6,7 @@ the SR's findings (finding, operating points, region, "not assessable") and the 
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import highdicom as hd
@@ -380,3 +381,20 @@ def test_ihe_ai_results_conventions(tmp_path: Path) -> None:
         assert sc.BodyPartExamined == "SKULL" and "Laterality" not in sc  # the source's body part
     sc, _ = _read(write_dicom_outputs(_overlay(), _result(), tmp_path / "png", "x"))
     assert sc.BodyPartExamined == "HEAD" and "Laterality" not in sc
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_writing_logs_no_uid_from_highdicom(tmp_path: Path, keep: bool, caplog) -> None:
+    """highdicom logs the source's SOP Instance UID (and the SR's evidence's) at INFO while copying the Patient and
+    Study modules; a batch's log must not list the source's UIDs (they link the log to the patient's study)."""
+    source = _source()
+    with caplog.at_level(logging.DEBUG):
+        paths = write_dicom_outputs(
+            _overlay(), _result(), tmp_path, "case", source=source, keep_patient_identity=keep, model_version="1"
+        )
+    _read(paths)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for uid in (source.SOPInstanceUID, source.StudyInstanceUID, source.SeriesInstanceUID):
+        assert uid not in text
+    assert not [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno < logging.WARNING]
+    assert logging.getLogger("highdicom.base").level == logging.NOTSET  # the level is put back

@@ -33,11 +33,10 @@ source's, else ``HEAD``), so General Series' Laterality (type 2C) is rightly abs
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,14 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .dicom_sr import MANUFACTURER, PROJECT_NAME, add_algorithm_equipment, build_structured_report, bundle_version
+from .dicom_sr import (
+    MANUFACTURER,
+    PROJECT_NAME,
+    add_algorithm_equipment,
+    build_structured_report,
+    bundle_version,
+    quiet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +149,7 @@ def build_secondary_capture(
         header = _header(usable)
         sc = hd.sc.SCImage.from_ref_dataset(ref_dataset=_identity_reference(header), **common)
         try:  # the whole Patient and Study modules of the source's IOD
-            with _quiet("highdicom.base"):  # it logs the source's SOP Instance UID at INFO
+            with quiet("highdicom.base"):  # it logs the source's SOP Instance UID at INFO
                 sc.copy_patient_and_study_information(header)
         except KeyError:
             logger.debug("no IOD in highdicom for SOP class %s: from_ref_dataset's copy only", header.SOPClassUID)
@@ -211,18 +217,6 @@ def _refuse_source_path(source: Dataset | None, outputs: Any) -> None:
     src = Path(filename).resolve()
     if any(Path(p).resolve() == src for p in outputs):
         raise ValueError("an output path equals the input DICOM file; choose another out_dir or stem")
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Logger ``name`` at WARNING or above for the duration (for library logs that would name the source)."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _header(source: Dataset) -> Dataset:

@@ -34,10 +34,12 @@ Identification Sequence.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import highdicom as hd
@@ -189,22 +191,35 @@ def build_structured_report(
         referenced_images=_library_images(evidence),
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result, finding, fracture_value))
-    sr = hd.sr.ComprehensiveSR(
-        evidence=evidence,
-        content=report[0],
-        series_instance_uid=hd.UID(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=PROJECT_NAME,
-        software_versions=str(model_version),
-        series_description=SR_SERIES_DESCRIPTION,
-        content_qualification=hd.ContentQualificationValues.RESEARCH,
-        is_verified=False,  # IHE AIR: VerificationFlag UNVERIFIED (nobody attested these results)
-    )
+    with quiet("highdicom.base"):  # it logs the evidence's SOP Instance UID at INFO, for every report
+        sr = hd.sr.ComprehensiveSR(
+            evidence=evidence,
+            content=report[0],
+            series_instance_uid=hd.UID(),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=PROJECT_NAME,
+            software_versions=str(model_version),
+            series_description=SR_SERIES_DESCRIPTION,
+            content_qualification=hd.ContentQualificationValues.RESEARCH,
+            is_verified=False,  # IHE AIR: VerificationFlag UNVERIFIED (nobody attested these results)
+        )
     add_algorithm_equipment(sr, model_version)
     return sr
+
+
+@contextlib.contextmanager
+def quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` at WARNING or above for the duration (for library logs that would name the source)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def finding_text(result: Mapping[str, Any]) -> str:

@@ -23,7 +23,6 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import MapTransform
 
+from .checkpoint import atomic_replace
 from .evaluation import FINDINGS, finding, sigmoid
 from .geometry import paste_back
 from .imageio import image_format
@@ -96,11 +96,12 @@ def no_timer(step: str) -> contextlib.AbstractContextManager:
 
 
 def _save_json(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` to a temporary file beside ``path`` and rename it: a killed run leaves no half-written JSON."""
+    """Write ``record`` to a temporary file beside ``path``, ``fsync`` it and rename it (``checkpoint.atomic_replace``):
+    a killed run or a power cut leaves no half-written JSON."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
+        atomic_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
