@@ -48,11 +48,11 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .dicom_sr import (
-    MANUFACTURER,
     PROJECT_NAME,
     add_algorithm_equipment,
     build_structured_report,
     bundle_version,
+    new_series,
     quiet,
 )
 
@@ -131,15 +131,7 @@ def build_secondary_capture(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=hd.UID(),
-        series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=PROJECT_NAME,
-        software_versions=str(model_version),
-        series_description=SC_SERIES_DESCRIPTION,
-        content_qualification=hd.ContentQualificationValues.RESEARCH,
+        **new_series(SC_SERIES_NUMBER, SC_SERIES_DESCRIPTION, model_version),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         patient_orientation=_patient_orientation(source) or ("A", "F"),
         pixel_spacing=_pixel_spacing(source),

@@ -195,19 +195,27 @@ def build_structured_report(
         sr = hd.sr.ComprehensiveSR(
             evidence=evidence,
             content=report[0],
-            series_instance_uid=hd.UID(),
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=PROJECT_NAME,
-            software_versions=str(model_version),
-            series_description=SR_SERIES_DESCRIPTION,
-            content_qualification=hd.ContentQualificationValues.RESEARCH,
+            **new_series(SR_SERIES_NUMBER, SR_SERIES_DESCRIPTION, model_version),
             is_verified=False,  # IHE AIR: VerificationFlag UNVERIFIED (nobody attested these results)
         )
     add_algorithm_equipment(sr, model_version)
     return sr
+
+
+def new_series(series_number: int, series_description: str, model_version: str) -> dict[str, Any]:
+    """What highdicom's SC and SR constructors take for one new series of this software's output: new series and
+    instance UIDs, instance 1, the manufacturer and model version, and RESEARCH content qualification."""
+    return dict(
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=PROJECT_NAME,
+        software_versions=str(model_version),
+        series_description=series_description,
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+    )
 
 
 @contextlib.contextmanager
