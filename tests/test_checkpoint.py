@@ -139,3 +139,21 @@ def test_state_dict_from_reads_ignite_checkpoint_files(tmp_path) -> None:
     torch.save([1], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="expected a state dict"):
         checkpoint.state_dict_from(tmp_path / "list.pt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_replace_gives_the_umask_permissions_without_changing_it(tmp_path: Path, monkeypatch, umask) -> None:
+    tmp = tmp_path / ".x.tmp"
+    tmp.write_bytes(b"data")
+    tmp.chmod(0o600)  # what mkstemp makes
+    old = os.umask(umask)
+    try:
+        calls: list[int] = []
+        real_umask = os.umask
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+        checkpoint.atomic_replace(tmp, tmp_path / "x.json")
+        assert not calls  # read from /proc/self/status: never set, not even briefly (other threads write files)
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert ((tmp_path / "x.json").stat().st_mode & 0o777) == 0o666 & ~umask and not tmp.exists()

@@ -18,9 +18,14 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-def test_usable_cores_is_this_process_affinity():
-    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert training.usable_cores() == expected >= 1
+def test_usable_cores_is_this_process_affinity(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert training.usable_cores() == 2  # the affinity, not the machine's cores
+    monkeypatch.delattr(os, "sched_getaffinity")  # a platform without one (macOS, Windows)
+    assert training.usable_cores() == 16
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert training.usable_cores() == 1
 
 
 def test_crop_stages_share_the_cores_between_torchrun_processes(monkeypatch, restore_threads):
@@ -38,7 +43,7 @@ def test_detector_uses_every_usable_core_unshared(monkeypatch, restore_threads):
 
     monkeypatch.setattr(tu, "NUM_THREADS", tu.NUM_THREADS)  # restored after the test
     monkeypatch.setattr(detector_training, "usable_cores", lambda: 3)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # not shared out: rank 0 trains the detector alone
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # never shared out: rank 0 trains the detector alone
     assert detector_training.set_threads(None) == 3
     assert torch.get_num_threads() == 3 and tu.NUM_THREADS == 3
     assert detector_training.set_threads(2) == 2

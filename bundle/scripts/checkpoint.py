@@ -49,14 +49,26 @@ def fsync_dir(folder: Path) -> None:
             os.close(dir_fd)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (``/proc/self/status``): setting it to
+    read it, the only portable way, would briefly change it for files that other threads create meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_replace(tmp: str | Path, path: str | Path) -> Path:
     """``fsync`` the finished file ``tmp``, give it the usual permissions, and ``os.replace`` it onto ``path``."""
     tmp, path = Path(tmp), Path(path)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; weights are shared like any other output
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; weights are shared like any other output
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path

@@ -97,7 +97,7 @@ def no_timer(step: str) -> contextlib.AbstractContextManager:
 
 def _save_json(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` to a temporary file beside ``path``, ``fsync`` it and rename it (``checkpoint.atomic_replace``):
-    a killed run or a power cut leaves no half-written JSON."""
+    a killed run or a power cut leaves no half-written record (the pictures it names are written, not fsync'd)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps(record, indent=2))
