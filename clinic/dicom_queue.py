@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from scripts.checkpoint import atomic_replace, fsync_dir
+from scripts.checkpoint import atomic_replace, atomic_write_text, fsync_dir
 
 FOLDERS = ("inbox", "staging", "outbox", "done", "refused", "failed")
 
@@ -38,12 +38,9 @@ def uid_hash(uid: str) -> str:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temporary file, then ``scripts.checkpoint.atomic_replace``:
-    fsync, rename, fsync of the folder)."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    atomic_replace(part, path)
+    """Write ``data`` to ``path`` atomically and durably (``scripts.checkpoint.atomic_write_text``, through a
+    ``.part`` file that ``recover`` removes if a crash leaves one)."""
+    atomic_write_text(path, json.dumps(data, indent=1, default=str), path.with_name(path.name + ".part"))
 
 
 class DicomQueue:

@@ -157,3 +157,16 @@ def test_atomic_replace_gives_the_umask_permissions_without_changing_it(tmp_path
         monkeypatch.undo()
         os.umask(old)
     assert ((tmp_path / "x.json").stat().st_mode & 0o777) == 0o666 & ~umask and not tmp.exists()
+
+
+def test_atomic_write_text_replaces_whole_and_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    checkpoint.atomic_write_text(target, '{"new": 1}')
+    assert target.read_text() == '{"new": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+    blocked = tmp_path / "blocked.json"  # a non-empty folder in the way: the rename fails
+    blocked.mkdir()
+    (blocked / "keep").write_text("x")
+    with pytest.raises(OSError):
+        checkpoint.atomic_write_text(blocked, "text", tmp_path / "blocked.json.part")
+    assert (blocked / "keep").read_text() == "x" and not (tmp_path / "blocked.json.part").exists()

@@ -74,6 +74,18 @@ def atomic_replace(tmp: str | Path, path: str | Path) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str, tmp: str | Path | None = None) -> Path:
+    """Write ``text`` to ``tmp`` (default ``.<name>.tmp`` beside ``path``), then ``atomic_replace`` it onto ``path``
+    (fsync, rename, fsync of the folder); a failed write removes ``tmp`` and leaves ``path`` as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp") if tmp is None else Path(tmp)
+    try:
+        tmp.write_text(text)
+        return atomic_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, ``fsync`` it, then ``os.replace`` it onto ``path``.
 

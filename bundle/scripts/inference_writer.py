@@ -36,7 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import MapTransform
 
-from .checkpoint import atomic_replace
+from .checkpoint import atomic_write_text
 from .evaluation import FINDINGS, finding, sigmoid
 from .geometry import paste_back
 from .imageio import image_format
@@ -93,17 +93,6 @@ def save_png(path: Path, array: np.ndarray, level: int = 1) -> None:
 def no_timer(step: str) -> contextlib.AbstractContextManager:
     """The writer's default ``timer``: times nothing (``make bench`` sets one that records each step)."""
     return contextlib.nullcontext()
-
-
-def _save_json(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` to a temporary file beside ``path``, ``fsync`` it and rename it (``checkpoint.atomic_replace``):
-    a killed run or a power cut leaves no half-written record (the pictures it names are written, not fsync'd)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=2))
-        atomic_replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_dicom(picture, res: dict, path: Path, out_dir: Path, stem: str, keep_identity: bool) -> dict[str, str]:
@@ -204,7 +193,7 @@ class WriteFractureOutputsd(MapTransform):
         """Write ``<stem>.json``; return the one-line error if it could not be written."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            _save_json(self.out / f"{stem}.json", record)
+            atomic_write_text(self.out / f"{stem}.json", json.dumps(record, indent=2))  # never half-written
         except Exception as err:  # a full disk or a bad value must not stop the batch either
             problem = error_message(err, name, str(path)).removeprefix(f"{name}: ")
             message = f"{name}: cannot write {stem}.json ({problem})"
